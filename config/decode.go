@@ -1,0 +1,314 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Pos is a location in a config file, 1-based.
+type Pos struct {
+	Line, Col int
+}
+
+// Error is one config problem with its location. The text form is
+// "file:line:col: message" so editors and CI logs can jump to it.
+type Error struct {
+	File string
+	Pos  Pos
+	Path string
+	Msg  string
+}
+
+func (e Error) Error() string {
+	if e.Pos.Line == 0 {
+		return fmt.Sprintf("%s: %s", e.File, e.Msg)
+	}
+	return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Pos.Line, e.Pos.Col, e.Msg)
+}
+
+// Errors is every problem found in one file, in file order.
+type Errors []Error
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// decoder turns a yaml.Node tree into Go values strictly: unknown keys,
+// duplicate keys and wrongly-typed scalars are errors that keep their
+// position, and decoding goes on so that one run reports every error.
+// yaml.v3's own decoder stops at the first type error and drops columns.
+type decoder struct {
+	file   string
+	errs   Errors
+	pos    map[string]Pos
+	lookup func(string) (string, bool)
+}
+
+func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
+	d.errs = append(d.errs, Error{File: d.file, Pos: Pos{n.Line, n.Column}, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+var durationType = reflect.TypeOf(Duration(0))
+
+func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	for n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	d.pos[path] = Pos{n.Line, n.Column}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return // an empty value keeps the default
+	}
+	if v.Type() == durationType {
+		s, ok := d.scalar(n, path)
+		if !ok {
+			return
+		}
+		dur, err := time.ParseDuration(s)
+		if err != nil {
+			d.errorf(n, path, "%s: invalid duration %q (use Go durations such as 500ms, 2s, 1h30m)", path, s)
+			return
+		}
+		v.SetInt(int64(dur))
+		return
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		d.decode(n, v.Elem(), path)
+	case reflect.Struct:
+		d.decodeStruct(n, v, path)
+	case reflect.Map:
+		d.decodeMap(n, v, path)
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			d.errorf(n, path, "%s: expected a list, got %s", path, kindName(n))
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, c := range n.Content {
+			d.decode(c, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
+		}
+		v.Set(s)
+	case reflect.String:
+		if s, ok := d.scalar(n, path); ok {
+			v.SetString(s)
+		}
+	case reflect.Bool:
+		s, ok := d.scalar(n, path)
+		if !ok {
+			return
+		}
+		switch s {
+		case "true":
+			v.SetBool(true)
+		case "false":
+			v.SetBool(false)
+		default:
+			d.errorf(n, path, "%s: expected true or false, got %q", path, s)
+		}
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		s, ok := d.scalar(n, path)
+		if !ok {
+			return
+		}
+		i, err := strconv.ParseInt(strings.ReplaceAll(s, "_", ""), 0, v.Type().Bits())
+		if err != nil {
+			d.errorf(n, path, "%s: expected an integer, got %q", path, s)
+			return
+		}
+		v.SetInt(i)
+	case reflect.Float32, reflect.Float64:
+		s, ok := d.scalar(n, path)
+		if !ok {
+			return
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+			d.errorf(n, path, "%s: expected a number, got %q", path, s)
+			return
+		}
+		v.SetFloat(f)
+	default:
+		d.errorf(n, path, "%s: unsupported config type %s", path, v.Type())
+	}
+}
+
+// scalar returns the node's text after ${ENV} interpolation.
+func (d *decoder) scalar(n *yaml.Node, path string) (string, bool) {
+	if n.Kind != yaml.ScalarNode {
+		d.errorf(n, path, "%s: expected a single value, got %s", path, kindName(n))
+		return "", false
+	}
+	s, err := interpolate(n.Value, d.lookup)
+	if err != nil {
+		d.errorf(n, path, "%s: %v", path, err)
+		return "", false
+	}
+	return s, true
+}
+
+func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		d.errorf(n, path, "%s: expected a mapping, got %s", pathOrRoot(path), kindName(n))
+		return
+	}
+	fields := map[string]int{}
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if name != "" && name != "-" {
+			fields[name] = i
+		}
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		key := k.Value
+		sub := join(path, key)
+		idx, ok := fields[key]
+		if !ok {
+			d.errorf(k, sub, "unknown key %q in %s (known keys: %s)", key, pathOrRoot(path), knownKeys(fields))
+			continue
+		}
+		if seen[key] {
+			d.errorf(k, sub, "duplicate key %q", key)
+			continue
+		}
+		seen[key] = true
+		d.decode(val, v.Field(idx), sub)
+	}
+}
+
+func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		d.errorf(n, path, "%s: expected a mapping, got %s", path, kindName(n))
+		return
+	}
+	if v.IsNil() {
+		v.Set(reflect.MakeMap(v.Type()))
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		sub := join(path, k.Value)
+		if seen[k.Value] {
+			d.errorf(k, sub, "duplicate key %q", k.Value)
+			continue
+		}
+		seen[k.Value] = true
+		elem := reflect.New(v.Type().Elem()).Elem()
+		d.decode(val, elem, sub)
+		d.pos[sub] = Pos{k.Line, k.Column}
+		v.SetMapIndex(reflect.ValueOf(k.Value).Convert(v.Type().Key()), elem)
+	}
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func pathOrRoot(p string) string {
+	if p == "" {
+		return "the top level"
+	}
+	return p
+}
+
+func knownKeys(m map[string]int) string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return strings.Join(ks, ", ")
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	default:
+		return fmt.Sprintf("%q", n.Value)
+	}
+}
+
+// interpolate replaces ${VAR} and ${VAR:-default}; $$ is a literal $.
+// An unset variable without a default is an error rather than an empty
+// string, because a silently empty token or URL is worse than a refusal.
+func interpolate(s string, lookup func(string) (string, bool)) (string, error) {
+	if !strings.Contains(s, "$") {
+		return s, nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '$' || i+1 >= len(s) {
+			b.WriteByte(c)
+			continue
+		}
+		switch s[i+1] {
+		case '$':
+			b.WriteByte('$')
+			i++
+			continue
+		case '{':
+		default:
+			b.WriteByte(c)
+			continue
+		}
+		end := strings.IndexByte(s[i+2:], '}')
+		if end < 0 {
+			return "", fmt.Errorf("unterminated ${ in %q", s)
+		}
+		expr := s[i+2 : i+2+end]
+		name, def, hasDef := strings.Cut(expr, ":-")
+		if !validEnvName(name) {
+			return "", fmt.Errorf("invalid environment variable name %q in ${%s}", name, expr)
+		}
+		val, ok := lookup(name)
+		switch {
+		case ok && (val != "" || !hasDef):
+			b.WriteString(val)
+		case hasDef:
+			b.WriteString(def)
+		default:
+			return "", fmt.Errorf("environment variable %s is not set (write ${%s:-default} to allow that)", name, name)
+		}
+		i += 2 + end
+	}
+	return b.String(), nil
+}
+
+func validEnvName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		ok := r == '_' || (r >= 'A' && r <= 'Z') || (r >= 'a' && r <= 'z') || (i > 0 && r >= '0' && r <= '9')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,159 @@
+// Package problem is the one catalogue of wire errors: every error the HTTP
+// API returns is an RFC 9457 problem+json document with a stable code, so
+// clients can branch on the code instead of parsing prose.
+package problem
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Code is a stable, machine-readable error identifier. Codes never change
+// meaning once published; new conditions get new codes.
+type Code string
+
+// The catalogue. Each code maps to exactly one HTTP status.
+const (
+	CodeBadRequest       Code = "bad_request"
+	CodeBadJSON          Code = "bad_json"
+	CodeValidation       Code = "validation_failed"
+	CodeUnauthorized     Code = "unauthorized"
+	CodeForbidden        Code = "forbidden"
+	CodeNotFound         Code = "not_found"
+	CodeRouteNotFound    Code = "route_not_found"
+	CodeMethodNotAllowed Code = "method_not_allowed"
+	CodeConflict         Code = "conflict"
+	CodeTooLarge         Code = "payload_too_large"
+	CodeUnsupportedMedia Code = "unsupported_media_type"
+	CodeTopicNotFound    Code = "topic_not_found"
+	CodeSubNotFound      Code = "subscription_not_found"
+	CodeBadAckID         Code = "invalid_ack_id"
+	CodeTooManyRequests  Code = "too_many_requests"
+	CodeUnavailable      Code = "unavailable"
+	CodeTimeout          Code = "timeout"
+	CodeInternal         Code = "internal"
+)
+
+var statusOf = map[Code]int{
+	CodeBadRequest:       http.StatusBadRequest,
+	CodeBadJSON:          http.StatusBadRequest,
+	CodeValidation:       http.StatusUnprocessableEntity,
+	CodeUnauthorized:     http.StatusUnauthorized,
+	CodeForbidden:        http.StatusForbidden,
+	CodeNotFound:         http.StatusNotFound,
+	CodeRouteNotFound:    http.StatusNotFound,
+	CodeMethodNotAllowed: http.StatusMethodNotAllowed,
+	CodeConflict:         http.StatusConflict,
+	CodeTooLarge:         http.StatusRequestEntityTooLarge,
+	CodeUnsupportedMedia: http.StatusUnsupportedMediaType,
+	CodeTopicNotFound:    http.StatusNotFound,
+	CodeSubNotFound:      http.StatusNotFound,
+	CodeBadAckID:         http.StatusBadRequest,
+	CodeTooManyRequests:  http.StatusTooManyRequests,
+	CodeUnavailable:      http.StatusServiceUnavailable,
+	CodeTimeout:          http.StatusGatewayTimeout,
+	CodeInternal:         http.StatusInternalServerError,
+}
+
+// Status returns the HTTP status that belongs to code.
+func (c Code) Status() int {
+	if s, ok := statusOf[c]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+// FieldError points at one invalid input field.
+type FieldError struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+// Problem is an RFC 9457 problem document. It is also a Go error so domain
+// code can return it and handlers can write it unchanged.
+type Problem struct {
+	Type       string         `json:"type"`
+	Title      string         `json:"title"`
+	Status     int            `json:"status"`
+	Code       Code           `json:"code"`
+	Detail     string         `json:"detail,omitempty"`
+	Instance   string         `json:"instance,omitempty"`
+	Errors     []FieldError   `json:"errors,omitempty"`
+	Extra      map[string]any `json:"-"`
+	RetryAfter time.Duration  `json:"-"`
+}
+
+// New builds a problem for code with a human-readable detail.
+func New(code Code, format string, args ...any) *Problem {
+	st := code.Status()
+	return &Problem{
+		Type:   "https://junction.dev/problems/" + string(code),
+		Title:  http.StatusText(st),
+		Status: st,
+		Code:   code,
+		Detail: fmt.Sprintf(format, args...),
+	}
+}
+
+// With adds an extension member to the problem body.
+func (p *Problem) With(key string, v any) *Problem {
+	if p.Extra == nil {
+		p.Extra = map[string]any{}
+	}
+	p.Extra[key] = v
+	return p
+}
+
+func (p *Problem) Error() string { return string(p.Code) + ": " + p.Detail }
+
+// MarshalJSON flattens Extra members into the top level, as RFC 9457 wants.
+func (p *Problem) MarshalJSON() ([]byte, error) {
+	type plain Problem
+	b, err := json.Marshal((*plain)(p))
+	if err != nil || len(p.Extra) == 0 {
+		return b, err
+	}
+	m := map[string]any{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	for k, v := range p.Extra {
+		if _, taken := m[k]; !taken {
+			m[k] = v
+		}
+	}
+	return json.Marshal(m)
+}
+
+// From converts any error into a problem. Errors that are not problems
+// become 500 "internal" without leaking their text beyond a generic detail.
+func From(err error) *Problem {
+	var p *Problem
+	if errors.As(err, &p) {
+		return p
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return New(CodeTooLarge, "request body exceeds the limit of %d bytes", mbe.Limit)
+	}
+	return New(CodeInternal, "%s", err.Error())
+}
+
+// Write sends err as problem+json.
+func Write(w http.ResponseWriter, r *http.Request, err error) {
+	p := From(err)
+	if p.Instance == "" && r != nil {
+		p.Instance = r.URL.Path
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/problem+json")
+	if p.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(int((p.RetryAfter+time.Second-1)/time.Second)))
+	}
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p)
+}

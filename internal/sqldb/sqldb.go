@@ -1,0 +1,53 @@
+// Package sqldb opens Junction's SQL database: SQLite in the data dir by
+// default (modernc.org/sqlite, no cgo) or PostgreSQL (pgx) by DSN.
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	_ "modernc.org/sqlite"             // registers "sqlite"
+)
+
+// DB is an open database with its dialect.
+type DB struct {
+	*sql.DB
+	Dialect string // sqlite or postgres
+}
+
+// Open opens dsn, or SQLite at dataDir/junction.db when dsn is empty.
+func Open(ctx context.Context, dsn, dataDir string) (*DB, error) {
+	driver, conn, dialect := "sqlite", "", "sqlite"
+	switch {
+	case dsn == "":
+		conn = filepath.Join(dataDir, "junction.db")
+	case strings.HasPrefix(dsn, "sqlite:"):
+		conn = strings.TrimPrefix(dsn, "sqlite:")
+	default:
+		driver, conn, dialect = "pgx", dsn, "postgres"
+	}
+	if dialect == "sqlite" {
+		// WAL lets readers run beside the writer; busy_timeout turns lock
+		// contention into waiting instead of SQLITE_BUSY errors.
+		conn = "file:" + conn + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)"
+	}
+	db, err := sql.Open(driver, conn)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s database: %w", dialect, err)
+	}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connecting to %s database: %w", dialect, err)
+	}
+	return &DB{DB: db, Dialect: dialect}, nil
+}
+
+// Ready checks the database answers a query.
+func (d *DB) Ready(ctx context.Context) error {
+	var one int
+	return d.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+}

@@ -1,0 +1,301 @@
+// Package junction assembles a Junction node: config, the NATS and SQL
+// substrate, every enabled component and the API listener. Go programs
+// embed Junction with New and Run; the junction command does the same.
+package junction
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/junctionhq/junction/bus"
+	"github.com/junctionhq/junction/config"
+	"github.com/junctionhq/junction/internal/httpserver"
+	"github.com/junctionhq/junction/internal/natsembed"
+	"github.com/junctionhq/junction/internal/problem"
+	"github.com/junctionhq/junction/internal/sqldb"
+	"github.com/junctionhq/junction/observe"
+)
+
+// Version is set at build time with -ldflags "-X github.com/junctionhq/junction.Version=v1.2.3".
+var Version = ""
+
+// BuildVersion returns Version, or the module version, or "dev".
+func BuildVersion() string {
+	if Version != "" {
+		return Version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// Node is one running Junction process.
+type Node struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	nats     *natsembed.Conn
+	db       *sqldb.DB
+	bus      *bus.Bus
+	router   *httpserver.Router
+	handler  http.Handler
+	listener net.Listener
+	tracing  func(context.Context) error
+	lock     *os.File
+	draining atomic.Bool
+	closed   sync.Once
+}
+
+// Option adjusts a node before it starts.
+type Option func(*nodeOptions)
+
+type nodeOptions struct {
+	logger   *slog.Logger
+	registry *prometheus.Registry
+	httpc    bus.HTTPDoer
+}
+
+// WithLogger sets the logger (default: from config, on stderr).
+func WithLogger(l *slog.Logger) Option { return func(o *nodeOptions) { o.logger = l } }
+
+// WithRegistry sets the Prometheus registry (default: a new one).
+func WithRegistry(r *prometheus.Registry) Option { return func(o *nodeOptions) { o.registry = r } }
+
+// WithPushClient sets the HTTP client used for push deliveries.
+func WithPushClient(c bus.HTTPDoer) Option { return func(o *nodeOptions) { o.httpc = c } }
+
+// New starts the substrate and components and binds the API listener.
+// Every failure (a taken port, an unwritable data dir, an unreachable
+// NATS) is returned here, before Run, as one error.
+func New(ctx context.Context, cfg *config.Config, opts ...Option) (n *Node, err error) {
+	var o nodeOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.logger == nil {
+		o.logger = observe.NewLogger(os.Stderr, cfg.Log.Level, cfg.Log.Format)
+	}
+	if o.registry == nil {
+		o.registry = observe.NewRegistry()
+	}
+	if !httpserver.IsLoopback(cfg.API.Listen) && cfg.API.Token == "" {
+		return nil, httpserver.ErrTokenRequired
+	}
+	n = &Node{cfg: cfg, log: o.logger, reg: o.registry}
+	defer func() {
+		if err != nil {
+			n.close(context.Background())
+		}
+	}()
+	if n.tracing, err = observe.SetupTracing(ctx, observe.TracingOptions{
+		Exporter: cfg.Tracing.Exporter, Endpoint: cfg.Tracing.Endpoint, Sample: cfg.Tracing.Sample,
+	}); err != nil {
+		return nil, err
+	}
+	// Bind first: a taken port should fail before anything is started.
+	if n.listener, err = httpserver.Listen(cfg.API.Listen); err != nil {
+		return nil, err
+	}
+	if cfg.NATS.URL == "" || cfg.SQL.DSN == "" {
+		if n.lock, err = natsembed.LockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	if n.nats, err = natsembed.Start(ctx, natsembed.Options{
+		URL: cfg.NATS.URL, Credentials: cfg.NATS.Credentials, DataDir: cfg.DataDir, Listen: cfg.NATS.Listen,
+		SyncAlways: cfg.Storage.Sync == "always", Logger: n.log,
+	}); err != nil {
+		return nil, err
+	}
+	if n.db, err = sqldb.Open(ctx, cfg.SQL.DSN, cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if n.bus, err = bus.New(ctx, bus.Options{
+		NC: n.nats.NC, JS: n.nats.JS, Prefix: cfg.NATS.Prefix, Config: cfg.Bus, Logger: n.log,
+		Registerer: n.reg, HTTPClient: o.httpc,
+	}); err != nil {
+		return nil, err
+	}
+	if err := n.applyDeclared(ctx); err != nil {
+		return nil, err
+	}
+	if err := n.bus.Start(ctx); err != nil {
+		return nil, err
+	}
+	n.mount()
+	n.log.Info("junction started", "version", BuildVersion(), "api", n.listener.Addr().String(),
+		"nats", natsDesc(cfg), "sql", n.db.Dialect, "data_dir", cfg.DataDir)
+	return n, nil
+}
+
+func natsDesc(cfg *config.Config) string {
+	if cfg.NATS.URL != "" {
+		return cfg.NATS.URL
+	}
+	if cfg.NATS.Listen != "" {
+		return "embedded, listening on " + cfg.NATS.Listen
+	}
+	return "embedded, in-process"
+}
+
+// applyDeclared creates the topics and subscriptions of the config file.
+func (n *Node) applyDeclared(ctx context.Context) error {
+	for _, name := range sortedKeys(n.cfg.Topics) {
+		t := n.cfg.Topics[name]
+		if t == nil {
+			t = &config.Topic{}
+		}
+		if _, err := n.bus.PutTopic(ctx, name, *t); err != nil {
+			return fmt.Errorf("topic %s: %w", name, err)
+		}
+	}
+	for _, name := range sortedKeys(n.cfg.Subscriptions) {
+		if _, err := n.bus.PutSubscription(ctx, name, *n.cfg.Subscriptions[name]); err != nil {
+			return fmt.Errorf("subscription %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+func (n *Node) mount() {
+	r := httpserver.NewRouter()
+	r.HandleAll((&bus.API{Bus: n.bus, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
+	r.Handle(httpserver.Route{Method: "GET", Path: "/healthz", Tag: "operations", Summary: "Liveness: the process serves HTTP", Handler: n.healthz})
+	r.Handle(httpserver.Route{Method: "GET", Path: "/readyz", Tag: "operations", Summary: "Readiness: NATS and SQL answer", Handler: n.readyz})
+	r.Handle(httpserver.Route{Method: "GET", Path: "/metrics", Tag: "operations", Summary: "Prometheus metrics",
+		Handler: promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{Registry: n.reg}).ServeHTTP})
+	r.Handle(httpserver.Route{Method: "GET", Path: "/openapi.json", Tag: "operations", Summary: "This OpenAPI 3.1 document", Handler: r.OpenAPIHandler(BuildVersion())})
+	n.router = r
+	n.handler = httpserver.Wrap(r, httpserver.Options{Token: n.cfg.API.Token, Logger: n.log, Metrics: httpserver.NewMetrics(n.reg)})
+}
+
+func (n *Node) healthz(w http.ResponseWriter, _ *http.Request) {
+	httpserver.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (n *Node) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	checks := map[string]string{"nats": "ok", "sql": "ok"}
+	var failed []string
+	if err := n.nats.Ready(ctx); err != nil {
+		checks["nats"], failed = err.Error(), append(failed, "nats")
+	}
+	if err := n.db.Ready(ctx); err != nil {
+		checks["sql"], failed = err.Error(), append(failed, "sql")
+	}
+	if n.draining.Load() {
+		checks["node"], failed = "shutting down", append(failed, "node")
+	}
+	if len(failed) > 0 {
+		p := problem.New(problem.CodeUnavailable, "not ready: %v", failed).With("checks", checks)
+		problem.Write(w, r, p)
+		return
+	}
+	httpserver.WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "checks": checks})
+}
+
+// Handler is the API handler (for tests and embedding under another server).
+func (n *Node) Handler() http.Handler { return n.handler }
+
+// Router exposes the mounted routes (for the OpenAPI contract test).
+func (n *Node) Router() *httpserver.Router { return n.router }
+
+// Bus is the node's message bus, for Go programs that embed Junction.
+func (n *Node) Bus() *bus.Bus { return n.bus }
+
+// Addr is the API listener's address.
+func (n *Node) Addr() string { return n.listener.Addr().String() }
+
+// Run serves the API until ctx ends, then shuts down gracefully within
+// shutdown_timeout: readiness turns false, no new connections are
+// accepted, in-flight requests and webhook deliveries finish, buffered
+// deliveries are handed back to JetStream, and the substrate closes.
+func (n *Node) Run(ctx context.Context) error {
+	srv := &http.Server{
+		Handler:           n.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(n.listener) }()
+	var serveErr error
+	select {
+	case serveErr = <-errc:
+	case <-ctx.Done():
+	}
+	n.draining.Store(true)
+	timeout := n.cfg.ShutdownTimeout.D()
+	n.log.Info("shutting down", "deadline", timeout)
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = n.bus.Stop(sctx) }() // also ends open tails
+	if serveErr == nil {
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close()
+		}
+		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+			serveErr = err
+		}
+	}
+	wg.Wait()
+	n.close(sctx)
+	n.log.Info("stopped")
+	return serveErr
+}
+
+// Close releases everything without serving (for a node never Run).
+func (n *Node) Close() {
+	if n.bus != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout.D())
+		defer cancel()
+		_ = n.bus.Stop(ctx)
+	}
+	n.close(context.Background())
+}
+
+func (n *Node) close(ctx context.Context) {
+	n.closed.Do(func() {
+		if n.listener != nil {
+			_ = n.listener.Close()
+		}
+		if n.db != nil {
+			_ = n.db.Close()
+		}
+		if n.nats != nil {
+			n.nats.Close()
+		}
+		if n.tracing != nil {
+			_ = n.tracing(ctx)
+		}
+		if n.lock != nil {
+			_ = n.lock.Close()
+		}
+	})
+}
