@@ -165,9 +165,9 @@ const MaxMessageBytesLimit = 7 << 20
 const (
 	DefaultMaxInFlight     = 32   // push: concurrent webhook calls
 	DefaultPullMaxInFlight = 1000 // pull: unacknowledged messages across all pullers
-	DefaultMaxDeliver  = 5
-	DefaultAckWait     = 30 * time.Second
-	DefaultPushTimeout = 10 * time.Second
+	DefaultMaxDeliver      = 5
+	DefaultAckWait         = 30 * time.Second
+	DefaultPushTimeout     = 10 * time.Second
 )
 
 // DefaultBackoff is the retry schedule when none is configured.
