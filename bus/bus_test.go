@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/junctionhq/junction/client"
+	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/testutil"
 )
 
@@ -238,3 +239,16 @@ func TestTopicRetentionAndStats(t *testing.T) {
 		}
 	})
 }
+
+type ctxT = context.Context
+
+func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
+	c, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return c, cancel
+}
+
+type (
+	junctionSub  = config.Subscription
+	junctionPush = config.Push
+)

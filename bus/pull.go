@@ -88,14 +88,17 @@ func (b *Bus) Pull(ctx context.Context, name string, maxMsgs int, wait time.Dura
 		if left < 10*time.Millisecond {
 			return out, nil
 		}
-		batch, err = ps.cons.Fetch(1, jetstream.FetchMaxWait(left), jetstream.FetchContext(ctx))
-		if errors.Is(err, context.Canceled) {
-			return out, nil
-		}
+		wctx, cancel := context.WithTimeout(ctx, left)
+		batch, err = ps.cons.Fetch(1, jetstream.FetchContext(wctx))
 		if err != nil {
+			cancel()
+			if ctx.Err() != nil {
+				return out, nil // the puller went away
+			}
 			return out, err
 		}
 		b.collect(ps.sub, batch, &out)
+		cancel()
 		if len(out) == maxMsgs {
 			return out, nil
 		}
