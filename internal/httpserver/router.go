@@ -42,7 +42,15 @@ type Router struct {
 // problem+json.
 func NewRouter() *Router {
 	r := &Router{mux: http.NewServeMux()}
+	// The catch-all gets every request no route matches, wrong methods
+	// included, so both answers are problem+json rather than the mux's
+	// plain text.
 	r.mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
+		if allow := r.allowed(req.URL.Path); allow != "" {
+			w.Header().Set("Allow", allow)
+			problem.Write(w, req, problem.New(problem.CodeMethodNotAllowed, "%s is not allowed on %s", req.Method, req.URL.Path))
+			return
+		}
 		problem.Write(w, req, problem.New(problem.CodeRouteNotFound, "no route for %s %s", req.Method, req.URL.Path))
 	})
 	return r
@@ -73,21 +81,8 @@ func (r *Router) Routes() []Route {
 	return out
 }
 
-// ServeHTTP dispatches to the mux. A known path with the wrong method is
-// 405 problem+json rather than the mux's plain-text answer.
-func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	_, pattern := r.mux.Handler(req)
-	if pattern == "" || pattern == "/" {
-		for _, rt := range r.routes {
-			if matchPath(rt.Path, req.URL.Path) {
-				w.Header().Set("Allow", r.allowed(req.URL.Path))
-				problem.Write(w, req, problem.New(problem.CodeMethodNotAllowed, "%s is not allowed on %s", req.Method, req.URL.Path))
-				return
-			}
-		}
-	}
-	r.mux.ServeHTTP(w, req)
-}
+// ServeHTTP dispatches to the mux.
+func (r *Router) ServeHTTP(w http.ResponseWriter, req *http.Request) { r.mux.ServeHTTP(w, req) }
 
 func (r *Router) allowed(path string) string {
 	var ms []string

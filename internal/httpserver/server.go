@@ -118,7 +118,8 @@ func Wrap(h http.Handler, o Options) http.Handler {
 		ctx, span := tracer.Start(ctx, r.Method+" "+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer))
 		sw := &statusWriter{ResponseWriter: w}
 		o.Metrics.inflight.Inc()
-		h.ServeHTTP(sw, r.WithContext(ctx))
+		r = r.WithContext(ctx)
+		h.ServeHTTP(sw, r) // the mux records the matched pattern on this copy
 		o.Metrics.inflight.Dec()
 		route := r.Pattern
 		if route == "" {
