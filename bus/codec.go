@@ -53,14 +53,14 @@ func decodeRequest(h http.Header, body []byte) (msgs []Message, batch bool, err 
 }
 
 func decodeBinary(h http.Header, body []byte) (Message, error) {
-	m := Message{Data: body, DataContentType: h.Get("Content-Type")}
+	m := Message{Data: body, DataContentType: strings.TrimSpace(h.Get("Content-Type"))}
 	for k, vs := range h {
 		lk := strings.ToLower(k)
 		name, ok := strings.CutPrefix(lk, cePrefix)
 		if !ok || len(vs) == 0 {
 			continue
 		}
-		v := vs[0]
+		v := strings.TrimSpace(vs[0])
 		switch name {
 		case "specversion":
 			if v != "1.0" {
@@ -111,7 +111,7 @@ func decodeStructured(b []byte, m *Message) error {
 		if err := json.Unmarshal(r, &s); err != nil {
 			return "", fmt.Errorf("attribute %q must be a string", k)
 		}
-		return s, nil
+		return strings.TrimSpace(s), nil
 	}
 	var err error
 	get := func(k string, dst *string) {
@@ -172,6 +172,7 @@ func decodeStructured(b []byte, m *Message) error {
 			// Extension values of other JSON types keep their JSON text.
 			s = string(v)
 		}
+		s = strings.TrimSpace(s)
 		if m.Extensions == nil {
 			m.Extensions = map[string]string{}
 		}

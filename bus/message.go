@@ -72,19 +72,37 @@ func (m *Message) fill(topic string, now time.Time) {
 	}
 }
 
-// validate checks the attributes CloudEvents constrains.
+// validate checks the attributes CloudEvents constrains, and that every
+// value survives storage as a NATS header unchanged (NATS trims values and
+// cannot carry line breaks).
 func (m *Message) validate() error {
 	if len(m.ID) > 256 {
 		return fmt.Errorf("id is longer than 256 characters")
 	}
-	for k := range m.Extensions {
+	for k, v := range m.Extensions {
 		if !validExtName(k) {
 			return fmt.Errorf("extension attribute %q: names are lower-case letters and digits, at most 20", k)
 		}
+		if err := checkAttr(k, v); err != nil {
+			return err
+		}
 	}
-	for _, v := range []string{m.ID, m.Source, m.Type, m.Subject, m.Key} {
-		if strings.ContainsAny(v, "\r\n") {
-			return fmt.Errorf("attributes must not contain line breaks")
+	for _, a := range [...]struct{ k, v string }{{"id", m.ID}, {"source", m.Source}, {"type", m.Type},
+		{"subject", m.Subject}, {"partitionkey", m.Key}, {"dataschema", m.DataSchema}, {"datacontenttype", m.DataContentType}} {
+		if err := checkAttr(a.k, a.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkAttr(name, v string) error {
+	if v != strings.TrimSpace(v) {
+		return fmt.Errorf("attribute %s must not begin or end with white space", name)
+	}
+	for _, r := range v {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("attribute %s must not contain control characters", name)
 		}
 	}
 	return nil
