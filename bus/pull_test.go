@@ -228,8 +228,10 @@ func TestSubscriptionStartPositions(t *testing.T) {
 			}
 		}
 		cases := map[string]int{"all": 5, "seq:3": 3, "time:" + mid.UTC().Format(time.RFC3339Nano): 3, "new": 0}
+		i := 0
 		for start, want := range cases {
-			name := fmt.Sprintf("s%d", len(start))
+			i++
+			name := fmt.Sprintf("s%d", i)
 			if _, err := n.Client.PutSubscription(ctx(t), name, client.Subscription{Topic: "hist", Start: start}); err != nil {
 				t.Fatal(err)
 			}
