@@ -195,7 +195,10 @@ func (m *Message) Header(name string) string {
 	if m.header == nil {
 		return ""
 	}
-	return m.header.Get(name)
+	if v := m.header.Get(name); v != "" {
+		return v
+	}
+	return http.Header(m.header).Get(name) // canonical form, as the W3C propagator writes it
 }
 
 // isJSON reports whether the content type is JSON (application/json or a
@@ -235,15 +238,14 @@ type WireMessage struct {
 func (m *Message) Wire() WireMessage {
 	w := WireMessage{ID: m.ID, Topic: m.Topic, Sequence: m.Sequence, Type: m.Type, Source: m.Source,
 		Subject: m.Subject, Time: m.Time, Key: m.Key, DataContentType: m.DataContentType, Deliveries: m.Deliveries}
-	if len(m.Extensions) > 0 || m.Header(hdrDLReason) != "" {
-		w.Headers = map[string]string{}
-		for k, v := range m.Extensions {
-			w.Headers[cePrefix+k] = v
-		}
-		for _, k := range []string{hdrDLReason, hdrDLSub, hdrDLTopic, hdrDLSeq, hdrDLDeliv} {
-			if v := m.Header(k); v != "" {
-				w.Headers[strings.ToLower(k)] = v
-			}
+	for k, v := range m.Extensions {
+		w.setHeader(cePrefix+k, v)
+	}
+	// Trace context lets a puller continue the publisher's trace; the
+	// dead-letter headers say where a dead letter came from and why.
+	for _, k := range []string{"traceparent", "tracestate", hdrDLReason, hdrDLSub, hdrDLTopic, hdrDLSeq, hdrDLDeliv} {
+		if v := m.Header(k); v != "" {
+			w.setHeader(strings.ToLower(k), v)
 		}
 	}
 	switch {
@@ -256,6 +258,13 @@ func (m *Message) Wire() WireMessage {
 		w.DataBase64 = base64.StdEncoding.EncodeToString(m.Data)
 	}
 	return w
+}
+
+func (w *WireMessage) setHeader(k, v string) {
+	if w.Headers == nil {
+		w.Headers = map[string]string{}
+	}
+	w.Headers[k] = v
 }
 
 // setBinaryHeaders writes m as CloudEvents binary-mode HTTP headers.
