@@ -3,10 +3,13 @@ package junction_test
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/junctionhq/junction"
+	"github.com/junctionhq/junction/internal/natsembed"
 	"github.com/junctionhq/junction/internal/testutil"
 )
 
@@ -120,5 +123,42 @@ func TestTokenRequiredBeyondLoopback(t *testing.T) {
 	}
 	if st, _, _ := testutil.Do(t, "GET", url+"/healthz", nil, ""); st != 200 {
 		t.Fatalf("probes stay open: %d", st)
+	}
+}
+
+// Readiness follows the substrate: an external NATS that goes away makes
+// /readyz answer 503 while /healthz stays 200. PostgreSQL serves as the SQL
+// database by DSN.
+func TestReadinessFollowsNATSAndPostgres(t *testing.T) {
+	testutil.RequireService(t, "PostgreSQL", "127.0.0.1:5432")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ext, err := natsembed.Start(context.Background(), natsembed.Options{DataDir: t.TempDir(), Listen: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ext.Close()
+	cfg := testutil.Config(t, testutil.Embedded)
+	cfg.NATS.URL = "nats://" + addr
+	cfg.SQL.DSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	n := testutil.Start(t, cfg)
+	st, _, body := testutil.Do(t, "GET", n.URL+"/readyz", nil, "")
+	if st != 200 || !strings.Contains(body, `"sql":"ok"`) {
+		t.Fatalf("readyz with external NATS and PostgreSQL: %d %s", st, body)
+	}
+	ext.Close()
+	testutil.Eventually(t, 10*time.Second, "readyz to fail", func() bool {
+		st, _, body = testutil.Do(t, "GET", n.URL+"/readyz", nil, "")
+		return st == 503
+	})
+	if !strings.Contains(body, `"code":"unavailable"`) || !strings.Contains(body, "nats") {
+		t.Fatalf("not-ready body: %s", body)
+	}
+	if st, _, _ := testutil.Do(t, "GET", n.URL+"/healthz", nil, ""); st != 200 {
+		t.Fatalf("healthz while NATS is down: %d", st)
 	}
 }

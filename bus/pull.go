@@ -75,6 +75,7 @@ func (b *Bus) Pull(ctx context.Context, name string, maxMsgs int, wait time.Dura
 		// waiting for a full batch.
 		batch, err := ps.cons.FetchNoWait(maxMsgs - len(out))
 		if err != nil {
+			b.pulls.Delete(name) // the consumer may be gone: look it up afresh next time
 			return out, err
 		}
 		got := b.collect(ps.sub, batch, &out)

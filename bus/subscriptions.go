@@ -284,8 +284,15 @@ func (b *Bus) reconcile(e jetstream.KeyValueEntry) {
 		return
 	}
 	b.mu.Lock()
-	if old := b.dispatchers[name]; old != nil {
-		// A concurrent reconcile won the race; keep one dispatcher.
+	stopping := false
+	select {
+	case <-b.closing:
+		stopping = true
+	default:
+	}
+	if old := b.dispatchers[name]; old != nil || stopping {
+		// A concurrent reconcile won the race (keep one dispatcher), or
+		// the bus began stopping meanwhile.
 		b.mu.Unlock()
 		d.stop(context.Background())
 		return
