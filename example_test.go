@@ -22,6 +22,7 @@ func Example() {
 	cfg.API.Listen = "127.0.0.1:0"
 
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	node, err := junction.New(ctx, cfg, junction.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		fmt.Println(err)

@@ -81,7 +81,7 @@ func WithPushClient(c bus.HTTPDoer) Option { return func(o *nodeOptions) { o.htt
 // New starts the substrate and components and binds the API listener.
 // Every failure (a taken port, an unwritable data dir, an unreachable
 // NATS) is returned here, before Run, as one error.
-func New(ctx context.Context, cfg *config.Config, opts ...Option) (n *Node, err error) {
+func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err error) {
 	var o nodeOptions
 	for _, f := range opts {
 		f(&o)
@@ -95,7 +95,7 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (n *Node, err 
 	if !httpserver.IsLoopback(cfg.API.Listen) && cfg.API.Token == "" {
 		return nil, httpserver.ErrTokenRequired
 	}
-	n = &Node{cfg: cfg, log: o.logger, reg: o.registry}
+	n := &Node{cfg: cfg, log: o.logger, reg: o.registry}
 	defer func() {
 		if err != nil {
 			n.close(context.Background())

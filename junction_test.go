@@ -162,3 +162,26 @@ func TestReadinessFollowsNATSAndPostgres(t *testing.T) {
 		t.Fatalf("healthz while NATS is down: %d", st)
 	}
 }
+
+// Start-up failures are errors from New, never panics, and leave nothing
+// running (the data dir lock is released).
+func TestStartupFailuresAreErrors(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	cfg := testutil.Config(t, testutil.Embedded)
+	cfg.API.Listen = l.Addr().String()
+	if _, err := junction.New(context.Background(), cfg, junction.WithLogger(testutil.Logger(t))); err == nil || !strings.Contains(err.Error(), l.Addr().String()) {
+		t.Fatalf("taken port: %v", err)
+	}
+	cfg.API.Listen = "127.0.0.1:0"
+	first := testutil.Start(t, cfg)
+	if _, err := junction.New(context.Background(), cfg, junction.WithLogger(testutil.Logger(t))); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("locked data dir: %v", err)
+	}
+	first.Stop(t)
+	again := testutil.Start(t, cfg) // the lock went with the first node
+	again.Stop(t)
+}

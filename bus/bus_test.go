@@ -252,3 +252,34 @@ type (
 	junctionSub  = config.Subscription
 	junctionPush = config.Push
 )
+
+func TestTopicSubscriptionCountAndRefusedSettings(t *testing.T) {
+	n := start(t, testutil.Embedded)
+	if _, err := n.Client.PutSubscription(ctx(t), "one", client.Subscription{Topic: "counted"}); err != nil {
+		t.Fatal(err)
+	}
+	// An open tail is not a subscription.
+	c, cancel := contextWithTimeout(t, 30*time.Second)
+	tailing := make(chan struct{})
+	go func() {
+		_ = n.Client.Tail(c, "counted", "all", func(client.Message) error { close(tailing); return nil })
+	}()
+	if _, err := n.Client.Publish(ctx(t), "counted", client.Event{Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	<-tailing
+	ti, err := n.Client.GetTopic(ctx(t), "counted")
+	if err != nil || ti.Stats.Subscriptions != 1 {
+		t.Fatalf("subscriptions %+v %v", ti.Stats, err)
+	}
+	cancel()
+	// Three replicas on a single embedded server is the request's fault.
+	if _, err := n.Client.PutTopic(ctx(t), "replicated", client.Topic{Replicas: 3}); apiErr(t, err).Status != 422 {
+		t.Fatalf("replicas 3: %v", err)
+	}
+	// A rejected publish does not auto-create its topic.
+	st, _, _ := testutil.Do(t, "POST", n.URL+"/v1/topics/ghost/messages", map[string]string{"ce-specversion": "0.3"}, "x")
+	if _, err := n.Client.GetTopic(ctx(t), "ghost"); st != 422 || apiErr(t, err).Status != 404 {
+		t.Fatalf("rejected publish created its topic (status %d, %v)", st, err)
+	}
+}

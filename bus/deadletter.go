@@ -54,9 +54,10 @@ func (b *Bus) publishDeadLetter(ctx context.Context, s *compiled, m *Message, hd
 		h[k] = v
 	}
 	h.Set("ce-id", m.ID)
-	// Deduplicated by source position, so a crash between publish and
-	// terminate cannot dead-letter one delivery twice.
-	h.Set(hdrMsgID, "dl:"+s.name+":"+strconv.FormatUint(m.Sequence, 10))
+	// Deduplicated by source position and store time, so a crash between
+	// publish and terminate cannot dead-letter one message twice, while a
+	// recreated topic reusing the sequence is never mistaken for it.
+	h.Set(hdrMsgID, "dl:"+s.name+":"+strconv.FormatUint(m.Sequence, 10)+":"+strconv.FormatInt(m.Published.UnixNano(), 36))
 	h.Set(hdrDLReason, reason)
 	h.Set(hdrDLSub, s.name)
 	h.Set(hdrDLTopic, s.cfg.Topic)
@@ -131,7 +132,7 @@ func (b *Bus) ReplayDeadLetters(ctx context.Context, name string, limit int) (in
 			for _, k := range []string{hdrDLReason, hdrDLSub, hdrDLTopic, hdrDLSeq, hdrDLDeliv} {
 				h.Del(k)
 			}
-			h.Set(hdrMsgID, "rp:"+name+":"+strconv.FormatUint(meta.Sequence.Stream, 10))
+			h.Set(hdrMsgID, "rp:"+name+":"+strconv.FormatUint(meta.Sequence.Stream, 10)+":"+strconv.FormatInt(meta.Timestamp.UnixNano(), 36))
 			h.Set(hdrReplayFor, name)
 			if _, err := b.js.PublishMsg(ctx, &nats.Msg{Subject: b.replaySubject(s.Topic, name), Header: h, Data: msg.Data()}); err != nil {
 				return n, fmt.Errorf("replaying dead letter %d: %w", meta.Sequence.Stream, err)

@@ -43,16 +43,12 @@ func (b *Bus) Publish(ctx context.Context, topic string, msgs ...Message) ([]Pub
 	if len(msgs) > b.cfg.MaxBatch {
 		return nil, fmt.Errorf("%w: %w", ErrTooLarge, problem.New(problem.CodeTooLarge, "a batch holds at most %d messages, got %d", b.cfg.MaxBatch, len(msgs)))
 	}
-	if err := b.topicExists(ctx, topic, b.cfg.AutoCreateTopics); err != nil {
+	// Validate everything before touching the topic: a rejected request
+	// must leave no trace, not even an auto-created topic.
+	if err := checkTopicName(topic); err != nil {
 		return nil, err
 	}
-	ctx, span := tracer.Start(ctx, "publish "+topic, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(attribute.String("messaging.destination.name", topic), attribute.Int("messaging.batch.message_count", len(msgs))))
-	defer span.End()
-
 	now := time.Now()
-	subject := b.msgSubject(topic)
-	nms := make([]*nats.Msg, len(msgs))
 	for i := range msgs {
 		m := &msgs[i]
 		m.fill(topic, now)
@@ -63,7 +59,18 @@ func (b *Bus) Publish(ctx context.Context, topic string, msgs ...Message) ([]Pub
 			return nil, fmt.Errorf("%w: %w", ErrTooLarge, problem.New(problem.CodeTooLarge,
 				"message %d: data is %d bytes, the limit is %d (bus.max_message_bytes)", i, len(m.Data), b.cfg.MaxMessageBytes))
 		}
-		nm := m.toNATS(subject)
+	}
+	if err := b.topicExists(ctx, topic, b.cfg.AutoCreateTopics); err != nil {
+		return nil, err
+	}
+	ctx, span := tracer.Start(ctx, "publish "+topic, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.destination.name", topic), attribute.Int("messaging.batch.message_count", len(msgs))))
+	defer span.End()
+
+	subject := b.msgSubject(topic)
+	nms := make([]*nats.Msg, len(msgs))
+	for i := range msgs {
+		nm := msgs[i].toNATS(subject)
 		observe.Propagator.Inject(ctx, natsCarrier(nm.Header))
 		nms[i] = nm
 	}

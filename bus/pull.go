@@ -243,6 +243,6 @@ func (b *Bus) rejectOne(ctx context.Context, s *compiled, r ackRef) error {
 		return err
 	}
 	m := fromNATS(sm.Header, sm.Data)
-	m.Topic, m.Sequence, m.Deliveries = s.cfg.Topic, r.seq, r.deliveries
+	m.Topic, m.Sequence, m.Deliveries, m.Published = s.cfg.Topic, r.seq, r.deliveries, sm.Time
 	return b.publishDeadLetter(ctx, s, &m, sm.Header, sm.Data, "rejected")
 }

@@ -189,7 +189,7 @@ func (d *dispatcher) handle(msg jetstream.Msg, inPlace bool) {
 		return
 	}
 	for {
-		a := d.push(&m)
+		a := d.push(msg, &m)
 		switch a.out {
 		case delivered:
 			_ = msg.Ack()
@@ -250,8 +250,10 @@ func backoffFor(bo []config.Duration, deliveries int) time.Duration {
 	return bo[i].D()
 }
 
-// push makes one webhook call.
-func (d *dispatcher) push(m *Message) attempt {
+// push makes one webhook call. While it runs, JetStream is told the
+// message is in progress, so a webhook slower than ack_wait is not handed
+// the same message again in parallel.
+func (d *dispatcher) push(msg jetstream.Msg, m *Message) attempt {
 	s := d.sub
 	ctx := observe.Propagator.Extract(d.ctx, propagation.HeaderCarrier(m.header))
 	ctx, span := tracer.Start(ctx, "deliver "+s.name, trace.WithSpanKind(trace.SpanKindConsumer),
@@ -276,7 +278,9 @@ func (d *dispatcher) push(m *Message) attempt {
 	inflight := d.b.met.inFlight.WithLabelValues(s.name)
 	inflight.Inc()
 	start := time.Now()
+	beat := time.AfterFunc(s.cfg.AckWait.D()/2, func() { d.heartbeat(ctx, msg) })
 	resp, err := d.b.client.Do(req)
+	beat.Stop()
 	d.b.met.pushLatency.WithLabelValues(s.name).Observe(time.Since(start).Seconds())
 	inflight.Dec()
 	if err != nil {
@@ -303,6 +307,20 @@ func (d *dispatcher) push(m *Message) attempt {
 	default:
 		span.SetStatus(codes.Error, resp.Status)
 		return attempt{out: fatal, reason: "http_" + strconv.Itoa(code)}
+	}
+}
+
+// heartbeat sends "in progress" every half ack_wait until ctx ends.
+func (d *dispatcher) heartbeat(ctx context.Context, msg jetstream.Msg) {
+	t := time.NewTicker(d.sub.cfg.AckWait.D() / 2)
+	defer t.Stop()
+	for {
+		_ = msg.InProgress()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 

@@ -266,3 +266,43 @@ func contextWithCancel(t *testing.T) (ctxT, func()) {
 	c, cancel := contextWithTimeout(t, 10*time.Second)
 	return c, cancel
 }
+
+// A webhook slower than ack_wait is told "in progress", not called again
+// in parallel.
+func TestSlowWebhookIsNotDeliveredTwice(t *testing.T) {
+	n := start(t, testutil.Embedded)
+	release := make(chan struct{})
+	hook := newWebhook(t, func(delivery, int) int { <-release; return 200 })
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	if _, err := n.Client.PutSubscription(ctx(t), "slow", client.Subscription{
+		Topic: "slowt", Push: &client.Push{URL: hook.URL, Timeout: "10s"}, AckWait: "1s",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Client.Publish(ctx(t), "slowt", client.Event{Data: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "first call", func() bool { return hook.count() == 1 })
+	// Three ack_waits pass while the call runs.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if c := hook.count(); c != 1 {
+			t.Fatalf("webhook called %d times during one slow call", c)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(release)
+	testutil.Eventually(t, 10*time.Second, "acknowledged", func() bool {
+		si, _ := n.Client.GetSubscription(ctx(t), "slow")
+		return si.Stats.InFlight == 0 && si.Stats.Pending == 0
+	})
+	if c := hook.count(); c != 1 {
+		t.Fatalf("webhook called %d times", c)
+	}
+}

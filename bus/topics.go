@@ -63,6 +63,11 @@ func (b *Bus) streamConfig(topic string, t config.Topic) jetstream.StreamConfig 
 	return sc
 }
 
+// errReplicasNotSupported is JetStream's "replicas > 1 not supported in
+// non-clustered mode", which it reports with status 500 although the
+// request is at fault.
+const errReplicasNotSupported jetstream.ErrorCode = 10074
+
 // PutTopic creates or updates a topic.
 func (b *Bus) PutTopic(ctx context.Context, topic string, t config.Topic) (*TopicInfo, error) {
 	if err := checkTopicName(topic); err != nil {
@@ -74,6 +79,12 @@ func (b *Bus) PutTopic(ctx context.Context, topic string, t config.Topic) (*Topi
 	ctx, cancel := waitCtx(ctx)
 	defer cancel()
 	s, err := b.js.CreateOrUpdateStream(ctx, b.streamConfig(topic, t))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.Code < 500 || apiErr.ErrorCode == errReplicasNotSupported) {
+		// JetStream refused the settings (say, more replicas than the
+		// cluster has servers): the request is at fault, not the node.
+		return nil, invalid("topic %s: %s", topic, apiErr.Description)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("topic %s: %w", topic, err)
 	}
@@ -151,7 +162,24 @@ func (b *Bus) topicInfo(ctx context.Context, s jetstream.Stream) (*TopicInfo, er
 	if err != nil {
 		return nil, err
 	}
-	return b.topicInfoFrom(si), nil
+	ti := b.topicInfoFrom(si)
+	if ti.Stats.Subscriptions, err = b.countSubscriptions(ctx, s); err != nil {
+		return nil, err
+	}
+	return ti, nil
+}
+
+// countSubscriptions counts a topic's durable consumers. The stream's own
+// consumer count would include the ephemeral consumers of open tails.
+func (b *Bus) countSubscriptions(ctx context.Context, s jetstream.Stream) (int, error) {
+	n := 0
+	l := s.ListConsumers(ctx)
+	for ci := range l.Info() {
+		if ci.Config.Durable != "" {
+			n++
+		}
+	}
+	return n, l.Err()
 }
 
 func (b *Bus) topicInfoFrom(si *jetstream.StreamInfo) *TopicInfo {
@@ -167,8 +195,7 @@ func (b *Bus) topicInfoFrom(si *jetstream.StreamInfo) *TopicInfo {
 		ti.Config.MaxMsgs = c.MaxMsgs
 	}
 	st := si.State
-	ti.Stats = TopicStats{Messages: st.Msgs, Bytes: st.Bytes, FirstSequence: st.FirstSeq, LastSequence: st.LastSeq,
-		Subscriptions: st.Consumers}
+	ti.Stats = TopicStats{Messages: st.Msgs, Bytes: st.Bytes, FirstSequence: st.FirstSeq, LastSequence: st.LastSeq}
 	if st.Msgs > 0 {
 		ti.Stats.FirstTime, ti.Stats.LastTime = st.FirstTime, st.LastTime
 	}
@@ -188,6 +215,15 @@ func (b *Bus) ListTopics(ctx context.Context) ([]TopicInfo, error) {
 	}
 	if err := l.Err(); err != nil {
 		return nil, err
+	}
+	for i := range out {
+		s, err := b.js.Stream(ctx, b.streamName(out[i].Name))
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		if out[i].Stats.Subscriptions, err = b.countSubscriptions(ctx, s); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }

@@ -130,7 +130,9 @@ func (p *Problem) MarshalJSON() ([]byte, error) {
 }
 
 // From converts any error into a problem. Errors that are not problems
-// become 500 "internal" without leaking their text beyond a generic detail.
+// become 500 "internal" with the error text as detail: the API is an
+// operator interface (loopback or token-protected), where the cause is
+// worth more than hiding it.
 func From(err error) *Problem {
 	var p *Problem
 	if errors.As(err, &p) {
