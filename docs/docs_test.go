@@ -1,0 +1,801 @@
+package docs_test
+
+// TestDocs runs the examples of docs/messaging.md and of the tour in
+// README.md against a real node, so the documentation cannot drift from
+// what Junction does.
+//
+// The conventions the documents follow:
+//
+//   - Every ```sh block is run, in document order, with
+//     bash -euo pipefail in a working directory shared by the blocks of one
+//     document (so `| tee batch.json` in one block can feed the next).
+//     http://127.0.0.1:4000 is rewritten to the node under test and
+//     http://127.0.0.1:7002 to a webhook receiver that answers 204, or the
+//     status NNN for any path /status/NNN.
+//   - A ```json or ```text block that follows a ```sh block with nothing
+//     but blank lines between them is the output that block prints.
+//     json: the same number of JSON values, each matching as a subset
+//     (objects may hold more keys than shown; arrays match element by
+//     element). text: line by line, blank lines ignored; a line holding
+//     only ... stands for any number of lines, and a line that ends in a
+//     JSON value matches its text before the value exactly and the value
+//     as a subset. In both, the string "..." matches any value and ...
+//     inside a string matches any text.
+//   - A block that calls /tail streams forever: it runs until its output
+//     has shown what the following ```text block holds, then is stopped.
+//   - Every ```http block after a ```sh block (prose may come between) is
+//     what the webhook receives because of it: one or more requests, in
+//     order, with a subset of their headers and their body. The test waits
+//     for them (with a deadline) before it runs the next block.
+//   - Every ```yaml block of both files is a junction.yaml example that
+//     must load and validate.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/junctionhq/junction/config"
+	"github.com/junctionhq/junction/internal/testutil"
+)
+
+// The addresses the documents use.
+const (
+	docAPI     = "http://127.0.0.1:4000"
+	docWebhook = "http://127.0.0.1:7002"
+)
+
+// wait bounds every wait for asynchronous behaviour (push deliveries,
+// tails); a healthy run needs a small fraction of it.
+const wait = 15 * time.Second
+
+func TestDocs(t *testing.T) {
+	for _, tool := range []string{"bash", "curl", "jq"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("JUNCTION_REQUIRE_SERVICES") == "1" {
+				t.Fatalf("the documentation examples need %s: %v", tool, err)
+			}
+			t.Skipf("the documentation examples need %s: %v", tool, err)
+		}
+	}
+	docs := []struct{ file, section string }{
+		{"messaging.md", ""},
+		{"../README.md", "tour"},
+	}
+	for _, d := range docs {
+		t.Run(strings.TrimPrefix(d.file, "../"), func(t *testing.T) {
+			t.Parallel()
+			src, err := os.ReadFile(d.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			text, offset := string(src), 0
+			if d.section != "" {
+				if text, offset, err = section(text, d.section); err != nil {
+					t.Fatalf("%s: %v", d.file, err)
+				}
+			}
+			steps, err := plan(d.file, parseBlocks(text, offset))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(steps) == 0 {
+				t.Fatalf("%s: no ```sh examples found", d.file)
+			}
+			// Every config example of the file must load, wherever it is.
+			// Blank lines in front keep the error positions the file's.
+			noEnv := func(string) (string, bool) { return "", false }
+			for _, b := range parseBlocks(string(src), 0) {
+				if b.lang != "yaml" {
+					continue
+				}
+				if _, err := config.Parse(d.file, []byte(strings.Repeat("\n", b.line)+b.text), noEnv); err != nil {
+					t.Errorf("%s:%d: the config example does not load:\n%v", d.file, b.line, err)
+				}
+			}
+			newRunner(t).runAll(steps)
+		})
+	}
+}
+
+// ---- markdown ----
+
+// block is one fenced code block.
+type block struct {
+	lang     string
+	text     string
+	where    string // file:line of the opening fence
+	line     int
+	adjacent bool // only blank lines separate it from the previous block
+}
+
+var fenceRe = regexp.MustCompile("^```([A-Za-z0-9_+-]*)\\s*$")
+
+// parseBlocks returns the fenced blocks of md; offset is the number of
+// lines that precede md in its file.
+func parseBlocks(md string, offset int) []block {
+	var out []block
+	lines := strings.Split(md, "\n")
+	prose := true // something other than blank lines since the last block
+	for i := 0; i < len(lines); i++ {
+		m := fenceRe.FindStringSubmatch(lines[i])
+		if m == nil {
+			if strings.TrimSpace(lines[i]) != "" {
+				prose = true
+			}
+			continue
+		}
+		b := block{lang: m[1], line: offset + i + 1, adjacent: !prose}
+		var body []string
+		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != "```"; i++ {
+			body = append(body, lines[i])
+		}
+		b.text = strings.Join(body, "\n") + "\n"
+		out = append(out, b)
+		prose = false
+	}
+	return out
+}
+
+// section returns the part of md under the level-2 heading that contains
+// word, and how many lines precede it.
+func section(md, word string) (string, int, error) {
+	lines := strings.Split(md, "\n")
+	start := -1
+	for i, l := range lines {
+		if !strings.HasPrefix(l, "## ") {
+			continue
+		}
+		if start >= 0 {
+			return strings.Join(lines[start:i], "\n"), start, nil
+		}
+		if strings.Contains(strings.ToLower(l), word) {
+			start = i
+		}
+	}
+	if start < 0 {
+		return "", 0, fmt.Errorf("no \"## ...%s...\" section", word)
+	}
+	return strings.Join(lines[start:], "\n"), start, nil
+}
+
+// step is one runnable example with what it must print and deliver.
+type step struct {
+	where  string
+	script string
+	want   *block  // json or text output
+	hooks  []block // http: webhook deliveries it causes
+}
+
+// plan groups blocks into steps.
+func plan(file string, blocks []block) (steps []*step, err error) {
+	var cur *step
+	for _, b := range blocks {
+		b.where = fmt.Sprintf("%s:%d", file, b.line)
+		switch b.lang {
+		case "sh":
+			cur = &step{where: b.where, script: b.text}
+			steps = append(steps, cur)
+		case "json", "text":
+			if cur != nil && b.adjacent && cur.want == nil && len(cur.hooks) == 0 {
+				bb := b
+				cur.want = &bb
+			}
+		case "http":
+			if cur == nil {
+				return nil, fmt.Errorf("%s: an http block (a webhook delivery) must follow the example that causes it", b.where)
+			}
+			cur.hooks = append(cur.hooks, b)
+		}
+	}
+	return steps, nil
+}
+
+// ---- running ----
+
+type runner struct {
+	t    *testing.T
+	dir  string
+	repl *strings.Replacer
+	hook *receiver
+}
+
+func newRunner(t *testing.T) *runner {
+	hook := newReceiver(t)
+	node := testutil.Start(t, testutil.Config(t, testutil.Embedded))
+	return &runner{
+		t:    t,
+		dir:  t.TempDir(),
+		repl: strings.NewReplacer(docAPI, node.URL, docWebhook, hook.srv.URL),
+		hook: hook,
+	}
+}
+
+func (r *runner) runAll(steps []*step) {
+	for _, s := range steps {
+		start := time.Now()
+		r.run(s)
+		if testing.Verbose() {
+			r.t.Logf("%s: ok in %s", s.where, time.Since(start).Round(time.Millisecond))
+		}
+	}
+}
+
+func (r *runner) command(ctx context.Context, script string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = r.dir
+	// A clean environment: no proxy settings or curlrc can change what
+	// the examples do.
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + r.dir, "LC_ALL=C"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
+	return cmd
+}
+
+func (r *runner) run(s *step) {
+	t := r.t
+	t.Helper()
+	// Addresses in expected output are the rewritten ones too.
+	script := r.repl.Replace(s.script)
+	if s.want != nil {
+		w := *s.want
+		w.text = r.repl.Replace(w.text)
+		s.want = &w
+	}
+	// Examples that expect success say so with --fail-with-body, so that
+	// an error answer fails them; the others must show the error.
+	if strings.Count(s.script, "curl ") > strings.Count(s.script, "--fail-with-body") &&
+		!strings.Contains(s.script, "/tail") && (s.want == nil || !strings.Contains(s.want.text, `"code":`)) {
+		t.Fatalf("%s: a curl without --fail-with-body must be followed by the error it prints", s.where)
+	}
+	if strings.Contains(script, "/tail") {
+		r.stream(s, script)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		var stdout, stderr bytes.Buffer
+		cmd := r.command(ctx, script)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%s: the example failed (%v)\n%s\nstdout:\n%s\nstderr:\n%s", s.where, err, s.script, stdout.String(), stderr.String())
+		}
+		if s.want != nil {
+			if err := matchOutput(s.want, stdout.String(), false); err != nil {
+				t.Fatalf("%s: the example printed something else than %s shows: %v\n%s\nprinted:\n%s", s.where, s.want.where, err, s.script, stdout.String())
+			}
+		}
+	}
+	for _, h := range s.hooks {
+		reqs, err := parseRequests(r.repl.Replace(h.text))
+		if err != nil {
+			t.Fatalf("%s: %v", h.where, err)
+		}
+		if err := r.hook.await(reqs, wait); err != nil {
+			t.Fatalf("%s: the webhook did not receive what %s shows: %v\nreceived:\n%s", s.where, h.where, err, r.hook.dump())
+		}
+	}
+}
+
+// stream runs a block that does not end by itself (a tail) until its
+// output shows what the example says, then stops it.
+func (r *runner) stream(s *step, script string) {
+	t := r.t
+	t.Helper()
+	if s.want == nil || s.want.lang != "text" {
+		t.Fatalf("%s: a streaming example needs a ```text block with its output right after it", s.where)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &notifyBuffer{changed: make(chan struct{})}
+	var stderr bytes.Buffer
+	cmd := r.command(ctx, script)
+	cmd.Stdout, cmd.Stderr = out, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		text, changed := out.snapshot()
+		lastErr := matchOutput(s.want, text, true)
+		if lastErr == nil {
+			cancel()
+			<-exited
+			return
+		}
+		select {
+		case <-changed:
+		case err := <-exited:
+			text, _ = out.snapshot()
+			if matchOutput(s.want, text, true) == nil {
+				return
+			}
+			t.Fatalf("%s: the example ended (%v) before printing what %s shows: %v\n%s\nprinted:\n%s\nstderr:\n%s", s.where, err, s.want.where, lastErr, s.script, text, stderr.String())
+		case <-deadline.C:
+			cancel()
+			<-exited
+			t.Fatalf("%s: after %s the example has not printed what %s shows: %v\n%s\nprinted:\n%s\nstderr:\n%s", s.where, wait, s.want.where, lastErr, s.script, text, stderr.String())
+		}
+	}
+}
+
+// notifyBuffer is a bytes.Buffer that tells waiters when it grows.
+type notifyBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	changed chan struct{}
+}
+
+func (b *notifyBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.buf.Write(p)
+	close(b.changed)
+	b.changed = make(chan struct{})
+	return n, err
+}
+
+// snapshot returns the text so far and a channel closed at the next write.
+func (b *notifyBuffer) snapshot() (string, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String(), b.changed
+}
+
+// ---- the webhook receiver ----
+
+type delivery struct {
+	method, path string
+	header       http.Header
+	body         string
+}
+
+type receiver struct {
+	srv     *httptest.Server
+	mu      sync.Mutex
+	got     []delivery
+	claimed []bool
+	changed chan struct{}
+}
+
+var statusPath = regexp.MustCompile(`^/status/([1-5][0-9][0-9])$`)
+
+func newReceiver(t *testing.T) *receiver {
+	rc := &receiver{changed: make(chan struct{})}
+	rc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		rc.mu.Lock()
+		rc.got = append(rc.got, delivery{method: req.Method, path: req.URL.Path, header: req.Header.Clone(), body: string(body)})
+		rc.claimed = append(rc.claimed, false)
+		close(rc.changed)
+		rc.changed = make(chan struct{})
+		rc.mu.Unlock()
+		code := http.StatusNoContent
+		if m := statusPath.FindStringSubmatch(req.URL.Path); m != nil {
+			code, _ = strconv.Atoi(m[1])
+		}
+		w.WriteHeader(code)
+	}))
+	t.Cleanup(rc.srv.Close)
+	return rc
+}
+
+// await waits until deliveries not matched by an earlier block hold want,
+// in order, and marks them as matched.
+func (rc *receiver) await(want []wantRequest, within time.Duration) error {
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		rc.mu.Lock()
+		idx, lastErr := rc.find(want)
+		if idx != nil {
+			for _, i := range idx {
+				rc.claimed[i] = true
+			}
+			rc.mu.Unlock()
+			return nil
+		}
+		changed := rc.changed
+		rc.mu.Unlock()
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return fmt.Errorf("after %s: %v", within, lastErr)
+		}
+	}
+}
+
+// find matches want as a subsequence of the unclaimed deliveries.
+func (rc *receiver) find(want []wantRequest) ([]int, error) {
+	var idx []int
+	i := 0
+	var lastErr error
+	for _, w := range want {
+		found := false
+		for ; i < len(rc.got); i++ {
+			if rc.claimed[i] {
+				continue
+			}
+			if err := w.match(rc.got[i]); err != nil {
+				lastErr = err
+				continue
+			}
+			idx, found = append(idx, i), true
+			i++
+			break
+		}
+		if !found {
+			if lastErr == nil {
+				lastErr = errors.New("no delivery yet")
+			}
+			return nil, fmt.Errorf("request %d of the block (%s %s) not received; closest mismatch: %v", len(idx)+1, w.method, w.path, lastErr)
+		}
+	}
+	return idx, nil
+}
+
+func (rc *receiver) dump() string {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	var b strings.Builder
+	for i, d := range rc.got {
+		fmt.Fprintf(&b, "%d. %s %s claimed=%v ce-id=%q ce-type=%q Junction-Subscription=%q Junction-Delivery=%q body=%s\n",
+			i+1, d.method, d.path, rc.claimed[i], d.header.Get("ce-id"), d.header.Get("ce-type"),
+			d.header.Get("Junction-Subscription"), d.header.Get("Junction-Delivery"), d.body)
+	}
+	if b.Len() == 0 {
+		return "(nothing)\n"
+	}
+	return b.String()
+}
+
+// wantRequest is one request of an ```http block.
+type wantRequest struct {
+	method, path string
+	header       [][2]string
+	body         string
+}
+
+var requestLine = regexp.MustCompile(`^([A-Z]+) (\S+) HTTP/1\.1$`)
+
+// parseRequests reads one or more requests: a request line, header lines,
+// a blank line and a body (up to the next request line).
+func parseRequests(text string) ([]wantRequest, error) {
+	var out []wantRequest
+	var cur *wantRequest
+	inBody := false
+	var body []string
+	flush := func() {
+		if cur != nil {
+			cur.body = strings.TrimSpace(strings.Join(body, "\n"))
+			out = append(out, *cur)
+		}
+	}
+	for _, l := range strings.Split(text, "\n") {
+		if m := requestLine.FindStringSubmatch(l); m != nil {
+			flush()
+			cur, inBody, body = &wantRequest{method: m[1], path: m[2]}, false, nil
+			continue
+		}
+		switch {
+		case cur == nil:
+			if strings.TrimSpace(l) != "" {
+				return nil, fmt.Errorf("expected a request line such as \"POST /events HTTP/1.1\", got %q", l)
+			}
+		case inBody:
+			body = append(body, l)
+		case strings.TrimSpace(l) == "":
+			inBody = true
+		default:
+			k, v, ok := strings.Cut(l, ":")
+			if !ok {
+				return nil, fmt.Errorf("bad header line %q", l)
+			}
+			cur.header = append(cur.header, [2]string{strings.TrimSpace(k), strings.TrimSpace(v)})
+		}
+	}
+	flush()
+	if len(out) == 0 {
+		return nil, errors.New("no request in the http block")
+	}
+	return out, nil
+}
+
+func (w wantRequest) match(d delivery) error {
+	if d.method != w.method || d.path != w.path {
+		return fmt.Errorf("%s %s is not %s %s", d.method, d.path, w.method, w.path)
+	}
+	for _, h := range w.header {
+		got, ok := d.header[http.CanonicalHeaderKey(h[0])]
+		if !ok {
+			return fmt.Errorf("header %s is missing", h[0])
+		}
+		if !glob(h[1], strings.Join(got, ", ")) {
+			return fmt.Errorf("header %s is %q, not %q", h[0], strings.Join(got, ", "), h[1])
+		}
+	}
+	if w.body == "" {
+		return nil
+	}
+	if wantJSON, err := decodeAll(w.body); err == nil && len(wantJSON) == 1 {
+		gotJSON, err := decodeAll(d.body)
+		if err != nil || len(gotJSON) != 1 {
+			return fmt.Errorf("body %q is not one JSON value", d.body)
+		}
+		if err := matchJSON(wantJSON[0], gotJSON[0], "body"); err != nil {
+			return err
+		}
+		return nil
+	}
+	if !glob(w.body, strings.TrimSpace(d.body)) {
+		return fmt.Errorf("body is %q, not %q", d.body, w.body)
+	}
+	return nil
+}
+
+// ---- matching ----
+
+// matchOutput checks printed text against an expectation block. With
+// prefix (streams), text output may go on after what the block shows.
+func matchOutput(want *block, got string, prefix bool) error {
+	switch want.lang {
+	case "json":
+		ws, err := decodeAll(want.text)
+		if err != nil {
+			return fmt.Errorf("the expected output is not JSON: %v", err)
+		}
+		gs, err := decodeAll(got)
+		if err != nil {
+			return fmt.Errorf("the output is not JSON: %v", err)
+		}
+		if len(ws) != len(gs) {
+			return fmt.Errorf("%d JSON values printed, %d expected", len(gs), len(ws))
+		}
+		for i := range ws {
+			if err := matchJSON(ws[i], gs[i], fmt.Sprintf("value %d", i+1)); err != nil {
+				return err
+			}
+		}
+		return nil
+	default:
+		wl := nonBlankLines(want.text)
+		if prefix {
+			wl = append(wl, "...")
+		}
+		return matchLines(wl, nonBlankLines(got))
+	}
+}
+
+func nonBlankLines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimRight(l, " \r\t"); strings.TrimSpace(l) != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// matchLines matches got against want, where a "..." line stands for any
+// number of lines.
+func matchLines(want, got []string) error {
+	if len(want) == 0 {
+		if len(got) == 0 {
+			return nil
+		}
+		return fmt.Errorf("unexpected line %q", got[0])
+	}
+	if strings.TrimSpace(want[0]) == "..." {
+		var err error
+		for i := 0; i <= len(got); i++ {
+			if err = matchLines(want[1:], got[i:]); err == nil {
+				return nil
+			}
+		}
+		return err
+	}
+	if len(got) == 0 {
+		return fmt.Errorf("missing line %q", want[0])
+	}
+	if err := matchLine(want[0], got[0]); err != nil {
+		return err
+	}
+	return matchLines(want[1:], got[1:])
+}
+
+// matchLine compares one line; a line ending in a JSON value matches the
+// value as a subset.
+func matchLine(want, got string) error {
+	if i := strings.IndexAny(want, "{["); i >= 0 {
+		if wv, err := decodeAll(want[i:]); err == nil && len(wv) == 1 {
+			if !strings.HasPrefix(got, want[:i]) {
+				return fmt.Errorf("line %q does not start with %q", got, want[:i])
+			}
+			gv, err := decodeAll(got[i:])
+			if err != nil || len(gv) != 1 {
+				return fmt.Errorf("line %q does not end in one JSON value", got)
+			}
+			if err := matchJSON(wv[0], gv[0], "line"); err != nil {
+				return fmt.Errorf("%v in line %q", err, got)
+			}
+			return nil
+		}
+	}
+	if !glob(want, got) {
+		return fmt.Errorf("line %q is not %q", got, want)
+	}
+	return nil
+}
+
+// decodeAll decodes a sequence of JSON values.
+func decodeAll(s string) ([]any, error) {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.UseNumber()
+	var out []any
+	for {
+		var v any
+		err := dec.Decode(&v)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+}
+
+// matchJSON reports whether got holds want: objects as subsets, arrays
+// element by element, "..." as any value.
+func matchJSON(want, got any, path string) error {
+	switch w := want.(type) {
+	case map[string]any:
+		g, ok := got.(map[string]any)
+		if !ok {
+			return fmt.Errorf("%s: want an object, got %s", path, show(got))
+		}
+		for k, wv := range w {
+			gv, ok := g[k]
+			if !ok {
+				return fmt.Errorf("%s.%s: missing", path, k)
+			}
+			if err := matchJSON(wv, gv, path+"."+k); err != nil {
+				return err
+			}
+		}
+		return nil
+	case []any:
+		g, ok := got.([]any)
+		if !ok {
+			return fmt.Errorf("%s: want an array, got %s", path, show(got))
+		}
+		if len(g) != len(w) {
+			return fmt.Errorf("%s: want %d elements, got %d: %s", path, len(w), len(g), show(got))
+		}
+		for i := range w {
+			if err := matchJSON(w[i], g[i], fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	case string:
+		if w == "..." {
+			return nil
+		}
+		g, ok := got.(string)
+		if !ok || !glob(w, g) {
+			return fmt.Errorf("%s: want %q, got %s", path, w, show(got))
+		}
+		return nil
+	case json.Number:
+		g, ok := got.(json.Number)
+		if !ok {
+			return fmt.Errorf("%s: want %s, got %s", path, w, show(got))
+		}
+		wf, _, err1 := big.ParseFloat(string(w), 10, 200, big.ToNearestEven)
+		gf, _, err2 := big.ParseFloat(string(g), 10, 200, big.ToNearestEven)
+		if err1 != nil || err2 != nil || wf.Cmp(gf) != 0 {
+			return fmt.Errorf("%s: want %s, got %s", path, w, g)
+		}
+		return nil
+	default: // bool, null
+		if want != got {
+			return fmt.Errorf("%s: want %s, got %s", path, show(want), show(got))
+		}
+		return nil
+	}
+}
+
+func show(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// glob matches s against pattern, where ... stands for any text.
+func glob(pattern, s string) bool {
+	parts := strings.Split(pattern, "...")
+	if len(parts) == 1 {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, parts[0]) {
+		return false
+	}
+	s = s[len(parts[0]):]
+	last := parts[len(parts)-1]
+	for _, p := range parts[1 : len(parts)-1] {
+		i := strings.Index(s, p)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(p):]
+	}
+	return strings.HasSuffix(s, last) && len(s) >= len(last)
+}
+
+// TestMatchers pins the matching rules, so a lax matcher cannot hide a
+// divergence between the documents and Junction.
+func TestMatchers(t *testing.T) {
+	must := func(ok bool, what string) {
+		t.Helper()
+		if !ok {
+			t.Error(what)
+		}
+	}
+	j := func(s string) any {
+		v, err := decodeAll(s)
+		if err != nil || len(v) != 1 {
+			t.Fatalf("bad JSON %q", s)
+		}
+		return v[0]
+	}
+	must(matchJSON(j(`{"id":"a","n":1}`), j(`{"id":"a","n":1.0,"extra":true}`), "") == nil, "subset with extra keys")
+	must(matchJSON(j(`{"id":"..."}`), j(`{"id":42}`), "") == nil, `"..." matches any value`)
+	must(matchJSON(j(`{"id":"..."}`), j(`{}`), "") != nil, `"..." still needs the key`)
+	must(matchJSON(j(`{"n":1}`), j(`{"n":2}`), "") != nil, "different numbers")
+	must(matchJSON(j(`{"d":false}`), j(`{"d":true}`), "") != nil, "different bools")
+	must(matchJSON(j(`[1,2]`), j(`[1,2,3]`), "") != nil, "arrays match in length")
+	must(matchJSON(j(`{"s":"http_503 after ... deliveries"}`), j(`{"s":"http_503 after 3 deliveries"}`), "") == nil, "glob in strings")
+	must(matchJSON(j(`{"s":"http_503 after ... deliveries"}`), j(`{"s":"http_400"}`), "") != nil, "glob mismatch")
+
+	text := &block{lang: "text", text: "id: 1\n...\ndata: {\"id\":\"x\"}\n"}
+	must(matchOutput(text, "id: 1\nevent: message\ndata: {\"id\":\"x\",\"n\":1}\n", false) == nil, "text with ... and JSON lines")
+	must(matchOutput(text, "id: 2\nevent: message\ndata: {\"id\":\"x\"}\n", false) != nil, "text line mismatch")
+	must(matchOutput(text, "id: 1\ndata: {\"id\":\"y\"}\n", false) != nil, "JSON line mismatch")
+	must(matchOutput(text, "id: 1\ndata: {\"id\":\"x\"}\nmore\n", false) != nil, "extra lines without prefix")
+	must(matchOutput(text, "id: 1\ndata: {\"id\":\"x\"}\nmore\n", true) == nil, "extra lines with prefix")
+	js := &block{lang: "json", text: "{\"a\":1}\n{\"b\":2}\n"}
+	must(matchOutput(js, "{\"a\":1}\n", false) != nil, "missing JSON value")
+	must(matchOutput(js, "{\"a\":1}{\"b\":2}", false) == nil, "JSON values in sequence")
+
+	reqs, err := parseRequests("POST /events HTTP/1.1\nce-id: a\n\n{\"n\":1}\n\nPOST /events HTTP/1.1\nce-id: b\n")
+	if err != nil || len(reqs) != 2 || reqs[0].body != `{"n":1}` || reqs[1].header[0][1] != "b" {
+		t.Fatalf("parseRequests: %+v %v", reqs, err)
+	}
+	d := delivery{method: "POST", path: "/events", header: http.Header{"Ce-Id": {"a"}}, body: `{"n":1,"m":2}`}
+	must(reqs[0].match(d) == nil, "request matches")
+	d.header.Set("Ce-Id", "z")
+	must(reqs[0].match(d) != nil, "header mismatch")
+
+	bs := parseBlocks("x\n```sh\necho\n```\n\n```json\n{}\n```\ntext\n```json\n{}\n```\n", 0)
+	if len(bs) != 3 || !bs[1].adjacent || bs[2].adjacent || bs[0].line != 2 {
+		t.Fatalf("parseBlocks: %+v", bs)
+	}
+}
