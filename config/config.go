@@ -207,6 +207,51 @@ type Issue struct {
 	Msg   string
 }
 
+// issue is an Issue that, for an expression field, also knows where in
+// the expression the problem is (1-based, 0 when unknown), so that a
+// config file error can point into the expression rather than at its start.
+type issue struct {
+	Issue
+	line, col int
+}
+
+func plain(is []issue) []Issue {
+	if len(is) == 0 {
+		return nil
+	}
+	out := make([]Issue, len(is))
+	for i, x := range is {
+		out[i] = x.Issue
+	}
+	return out
+}
+
+// exprError flattens an expression compile error to one line. CEL writes
+// each problem as "ERROR: <input>:L:C: msg" plus a source snippet with a
+// caret on the next two lines, which would break the one-error-per-line
+// output of junction validate and of API problem details. Only the first
+// problem is kept: after a syntax error the parser's recovery mostly
+// reports echoes of it.
+func exprError(err error) (line, col int, msg string) {
+	text := strings.TrimPrefix(err.Error(), "invalid expression: ")
+	for _, l := range strings.Split(text, "\n") {
+		rest, ok := strings.CutPrefix(l, "ERROR: <input>:")
+		if !ok {
+			continue
+		}
+		loc, m, ok := strings.Cut(rest, ": ")
+		if !ok {
+			continue
+		}
+		if n, _ := fmt.Sscanf(loc, "%d:%d", &line, &col); n == 2 && line > 0 && col > 0 {
+			return line, col, fmt.Sprintf("%s (at %d:%d of the expression)", m, line, col)
+		}
+		return 0, 0, m
+	}
+	first, _, _ := strings.Cut(text, "\n")
+	return 0, 0, first
+}
+
 var (
 	nameRe  = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
 	subRe   = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -245,9 +290,11 @@ func ParseStart(s string) (kind string, seq uint64, t time.Time, err error) {
 }
 
 // Check validates a subscription (after Normalize) and returns every issue.
-func (s *Subscription) Check() []Issue {
-	var is []Issue
-	add := func(f, format string, a ...any) { is = append(is, Issue{f, fmt.Sprintf(format, a...)}) }
+func (s *Subscription) Check() []Issue { return plain(s.check()) }
+
+func (s *Subscription) check() []issue {
+	var is []issue
+	add := func(f, format string, a ...any) { is = append(is, issue{Issue: Issue{f, fmt.Sprintf(format, a...)}}) }
 	if s.Topic == "" {
 		add("topic", "topic is required")
 	} else if !ValidTopicName(s.Topic) {
@@ -255,7 +302,8 @@ func (s *Subscription) Check() []Issue {
 	}
 	if s.Filter != "" {
 		if _, err := expr.CompileBool(s.Filter); err != nil {
-			add("filter", "%v", err)
+			line, col, msg := exprError(err)
+			is = append(is, issue{Issue{"filter", "filter: " + msg}, line, col})
 		}
 	}
 	if _, _, _, err := ParseStart(s.Start); err != nil {
@@ -315,10 +363,10 @@ func (t *Topic) Check() []Issue {
 	return is
 }
 
-// Validate checks the whole config and returns issues keyed by config path.
-func (c *Config) validate() []Issue {
-	var is []Issue
-	add := func(f, format string, a ...any) { is = append(is, Issue{f, fmt.Sprintf(format, a...)}) }
+// validate checks the whole config and returns issues keyed by config path.
+func (c *Config) validate() []issue {
+	var is []issue
+	add := func(f, format string, a ...any) { is = append(is, issue{Issue: Issue{f, fmt.Sprintf(format, a...)}}) }
 	if c.DataDir == "" {
 		add("data_dir", "data_dir must not be empty")
 	}
@@ -410,8 +458,9 @@ func (c *Config) validate() []Issue {
 			continue
 		}
 		s.Normalize(name)
-		for _, i := range s.Check() {
-			add(p+"."+i.Field, "%s", i.Msg)
+		for _, i := range s.check() {
+			i.Field = p + "." + i.Field
+			is = append(is, i)
 		}
 	}
 	return is

@@ -53,6 +53,10 @@ type decoder struct {
 	errs   Errors
 	pos    map[string]Pos
 	lookup func(string) (string, bool)
+	// scalars keeps the node of each scalar value that interpolation left
+	// alone, so that an error found later inside it (a CEL expression's
+	// line and column) can be placed exactly in the file.
+	scalars map[string]*yaml.Node
 }
 
 func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
@@ -65,9 +69,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	for n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
 		n = n.Content[0]
 	}
-	if n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
+	n = resolve(n)
 	d.pos[path] = Pos{n.Line, n.Column}
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 		return // an empty value keeps the default
@@ -160,6 +162,9 @@ func (d *decoder) scalar(n *yaml.Node, path string) (string, bool) {
 		d.errorf(n, path, "%s: %v", path, err)
 		return "", false
 	}
+	if d.scalars != nil && s == n.Value {
+		d.scalars[path] = n
+	}
 	return s, true
 }
 
@@ -176,22 +181,30 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			fields[name] = i
 		}
 	}
-	seen := map[string]bool{}
+	seen := map[string]Pos{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
-		key := k.Value
+		key, ok := d.key(k, path)
+		if !ok {
+			continue
+		}
 		sub := join(path, key)
 		idx, ok := fields[key]
 		if !ok {
 			d.errorf(k, sub, "unknown key %q in %s (known keys: %s)", key, pathOrRoot(path), knownKeys(fields))
 			continue
 		}
-		if seen[key] {
-			d.errorf(k, sub, "duplicate key %q", key)
+		if first, ok := seen[key]; ok {
+			d.errorf(k, sub, "duplicate key %q (first at %d:%d)", key, first.Line, first.Col)
 			continue
 		}
-		seen[key] = true
+		seen[key] = Pos{k.Line, k.Column}
 		d.decode(val, v.Field(idx), sub)
+		if resolve(val).Kind == yaml.MappingNode {
+			// A section's own problems (a missing key) are reported at its
+			// name, not at whichever of its keys happens to come first.
+			d.pos[sub] = Pos{k.Line, k.Column}
+		}
 	}
 }
 
@@ -203,20 +216,44 @@ func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
 	if v.IsNil() {
 		v.Set(reflect.MakeMap(v.Type()))
 	}
-	seen := map[string]bool{}
+	seen := map[string]Pos{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
-		sub := join(path, k.Value)
-		if seen[k.Value] {
-			d.errorf(k, sub, "duplicate key %q", k.Value)
+		key, ok := d.key(k, path)
+		if !ok {
 			continue
 		}
-		seen[k.Value] = true
+		sub := join(path, key)
+		if first, ok := seen[key]; ok {
+			d.errorf(k, sub, "duplicate key %q (first at %d:%d)", key, first.Line, first.Col)
+			continue
+		}
+		seen[key] = Pos{k.Line, k.Column}
 		elem := reflect.New(v.Type().Elem()).Elem()
 		d.decode(val, elem, sub)
 		d.pos[sub] = Pos{k.Line, k.Column}
-		v.SetMapIndex(reflect.ValueOf(k.Value).Convert(v.Type().Key()), elem)
+		v.SetMapIndex(reflect.ValueOf(key).Convert(v.Type().Key()), elem)
 	}
+}
+
+// key returns a mapping key's text. An alias node's Value is the anchor's
+// name, not the aliased text, so aliases are followed; a list or mapping
+// used as a key has no text at all and is refused.
+func (d *decoder) key(k *yaml.Node, path string) (string, bool) {
+	k = resolve(k)
+	if k.Kind != yaml.ScalarNode {
+		d.errorf(k, path, "%s: a key must be a single value, got %s", pathOrRoot(path), kindName(k))
+		return "", false
+	}
+	return k.Value, true
+}
+
+// resolve follows an alias to the node its anchor names.
+func resolve(n *yaml.Node) *yaml.Node {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		return n.Alias
+	}
+	return n
 }
 
 func join(path, key string) string {
@@ -256,6 +293,8 @@ func kindName(n *yaml.Node) string {
 // interpolate replaces ${VAR} and ${VAR:-default}; $$ is a literal $.
 // An unset variable without a default is an error rather than an empty
 // string, because a silently empty token or URL is worse than a refusal.
+// A default is interpolated in turn, so ${A:-${B:-x}} falls back twice,
+// and only when it is used, so an unused default may name unset variables.
 func interpolate(s string, lookup func(string) (string, bool)) (string, error) {
 	if !strings.Contains(s, "$") {
 		return s, nil
@@ -277,11 +316,11 @@ func interpolate(s string, lookup func(string) (string, bool)) (string, error) {
 			b.WriteByte(c)
 			continue
 		}
-		end := strings.IndexByte(s[i+2:], '}')
+		end := closingBrace(s, i+2)
 		if end < 0 {
 			return "", fmt.Errorf("unterminated ${ in %q", s)
 		}
-		expr := s[i+2 : i+2+end]
+		expr := s[i+2 : end]
 		name, def, hasDef := strings.Cut(expr, ":-")
 		if !validEnvName(name) {
 			return "", fmt.Errorf("invalid environment variable name %q in ${%s}", name, expr)
@@ -291,13 +330,39 @@ func interpolate(s string, lookup func(string) (string, bool)) (string, error) {
 		case ok && (val != "" || !hasDef):
 			b.WriteString(val)
 		case hasDef:
-			b.WriteString(def)
+			v, err := interpolate(def, lookup)
+			if err != nil {
+				return "", err
+			}
+			b.WriteString(v)
 		default:
 			return "", fmt.Errorf("environment variable %s is not set (write ${%s:-default} to allow that)", name, name)
 		}
-		i += 2 + end
+		i = end
 	}
 	return b.String(), nil
+}
+
+// closingBrace returns the index of the '}' that ends a ${ whose body
+// starts at i, or -1. Without counting nested ${...} in a default, the
+// first '}' would end the outer reference and leak the rest as text.
+func closingBrace(s string, i int) int {
+	depth := 0
+	for ; i < len(s); i++ {
+		switch {
+		case s[i] == '$' && i+1 < len(s) && s[i+1] == '$':
+			i++
+		case s[i] == '$' && i+1 < len(s) && s[i+1] == '{':
+			depth++
+			i++
+		case s[i] == '}':
+			if depth == 0 {
+				return i
+			}
+			depth--
+		}
+	}
+	return -1
 }
 
 func validEnvName(s string) bool {
