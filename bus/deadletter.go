@@ -34,6 +34,29 @@ func (b *Bus) accept(s *compiled, subject string, m *Message) bool {
 	return ok
 }
 
+// receive decodes a delivery for subscription s and decides whether it
+// goes to the subscriber. Messages the subscription skips are acknowledged
+// here, and one delivered more than max_deliver times (its ack_wait kept
+// expiring, or Junction crashed mid-delivery) is dead-lettered.
+func (b *Bus) receive(s *compiled, msg jetstream.Msg) (*Message, bool) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		_ = msg.Term() // not a JetStream delivery: nothing to redeliver
+		return nil, false
+	}
+	m := fromNATS(msg.Headers(), msg.Data())
+	m.Topic, m.Sequence, m.Deliveries, m.Published = s.cfg.Topic, meta.Sequence.Stream, int(meta.NumDelivered), meta.Timestamp
+	if !b.accept(s, msg.Subject(), &m) {
+		_ = msg.Ack()
+		return nil, false
+	}
+	if m.Deliveries > s.cfg.MaxDeliver {
+		b.deadLetter(msg, &m, s, "max_deliver exceeded (not acknowledged within ack_wait)")
+		return nil, false
+	}
+	return &m, true
+}
+
 // deadLetter moves a delivered message to the subscription's dead-letter
 // topic and terminates it. If the dead-letter publish fails the message
 // is handed back for a later retry: it is never dropped.

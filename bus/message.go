@@ -146,6 +146,44 @@ func (m *Message) toNATS(subject string) *nats.Msg {
 	return &nats.Msg{Subject: subject, Header: h, Data: m.Data}
 }
 
+// setAttr sets a CloudEvents attribute by its CloudEvents name; names
+// that are not context attributes are extensions. It is the one mapping
+// behind binary-mode headers, structured JSON and stored NATS headers.
+func (m *Message) setAttr(name, v string) error {
+	switch name {
+	case "specversion":
+		if v != "1.0" {
+			return fmt.Errorf("specversion %q is not supported (use 1.0)", v)
+		}
+	case "id":
+		m.ID = v
+	case "source":
+		m.Source = v
+	case "type":
+		m.Type = v
+	case "subject":
+		m.Subject = v
+	case "dataschema":
+		m.DataSchema = v
+	case "datacontenttype":
+		m.DataContentType = v
+	case "partitionkey":
+		m.Key = v
+	case "time":
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return fmt.Errorf("time %q is not an RFC 3339 time", v)
+		}
+		m.Time = t
+	default:
+		if m.Extensions == nil {
+			m.Extensions = map[string]string{}
+		}
+		m.Extensions[name] = v
+	}
+	return nil
+}
+
 // fromNATS decodes a stored message.
 func fromNATS(h nats.Header, data []byte) Message {
 	m := Message{Data: data, header: h}
@@ -153,33 +191,20 @@ func fromNATS(h nats.Header, data []byte) Message {
 		if len(vs) == 0 {
 			continue
 		}
-		v := vs[0]
 		switch lk := strings.ToLower(k); lk {
 		case "nats-msg-id":
-			m.ID = v
+			if m.ID == "" {
+				m.ID = vs[0]
+			}
 		case "content-type":
-			m.DataContentType = v
-		case "ce-source":
-			m.Source = v
-		case "ce-type":
-			m.Type = v
-		case "ce-subject":
-			m.Subject = v
-		case "ce-time":
-			m.Time, _ = time.Parse(time.RFC3339Nano, v)
-		case "ce-dataschema":
-			m.DataSchema = v
-		case "ce-partitionkey":
-			m.Key = v
-		case "ce-specversion", "ce-id":
-			// ce-id is stored only when it differs from Nats-Msg-Id
-			// (dead letters and replays); it wins below.
+			m.DataContentType = vs[0]
+		case "ce-id":
+			// Stored only where it differs from Nats-Msg-Id (dead letters
+			// and replays), and then it is the event's id.
+			m.ID = vs[0]
 		default:
-			if ext, ok := strings.CutPrefix(lk, cePrefix); ok {
-				if m.Extensions == nil {
-					m.Extensions = map[string]string{}
-				}
-				m.Extensions[ext] = v
+			if name, ok := strings.CutPrefix(lk, cePrefix); ok {
+				_ = m.setAttr(name, vs[0]) // validated when published
 			}
 		}
 	}

@@ -112,20 +112,8 @@ func (b *Bus) collect(s *compiled, batch jetstream.MessageBatch, out *[]WireMess
 	n := 0
 	for msg := range batch.Messages() {
 		n++
-		meta, err := msg.Metadata()
-		if err != nil {
-			_ = msg.Term()
-			continue
-		}
-		m := fromNATS(msg.Headers(), msg.Data())
-		m.Topic, m.Sequence, m.Deliveries, m.Published = s.cfg.Topic, meta.Sequence.Stream, int(meta.NumDelivered), meta.Timestamp
-		if !b.accept(s, msg.Subject(), &m) {
-			_ = msg.Ack()
-			continue
-		}
-		if m.Deliveries > s.cfg.MaxDeliver {
-			// Pulled max_deliver times and never acknowledged.
-			b.deadLetter(msg, &m, s, "max_deliver exceeded (ack_wait expired)")
+		m, ok := b.receive(s, msg)
+		if !ok {
 			continue
 		}
 		w := m.Wire()

@@ -173,23 +173,12 @@ func (d *dispatcher) enqueue(msg jetstream.Msg) {
 // NAK with delay, which JetStream keeps durably.
 func (d *dispatcher) handle(msg jetstream.Msg, inPlace bool) {
 	b, s := d.b, d.sub
-	meta, err := msg.Metadata()
-	if err != nil {
-		_ = msg.Term()
-		return
-	}
-	m := fromNATS(msg.Headers(), msg.Data())
-	m.Topic, m.Sequence, m.Deliveries, m.Published = s.cfg.Topic, meta.Sequence.Stream, int(meta.NumDelivered), meta.Timestamp
-	if !b.accept(s, msg.Subject(), &m) {
-		_ = msg.Ack()
-		return
-	}
-	if m.Deliveries > s.cfg.MaxDeliver {
-		b.deadLetter(msg, &m, s, "max_deliver exceeded")
+	m, ok := b.receive(s, msg)
+	if !ok {
 		return
 	}
 	for {
-		a := d.push(msg, &m)
+		a := d.push(msg, m)
 		switch a.out {
 		case delivered:
 			_ = msg.Ack()
@@ -201,12 +190,12 @@ func (d *dispatcher) handle(msg jetstream.Msg, inPlace bool) {
 			return
 		case fatal:
 			b.met.failed.WithLabelValues(s.name, a.reason).Inc()
-			b.deadLetter(msg, &m, s, a.reason)
+			b.deadLetter(msg, m, s, a.reason)
 			return
 		}
 		b.met.failed.WithLabelValues(s.name, a.reason).Inc()
 		if m.Deliveries >= s.cfg.MaxDeliver {
-			b.deadLetter(msg, &m, s, a.reason+" after "+strconv.Itoa(m.Deliveries)+" deliveries")
+			b.deadLetter(msg, m, s, a.reason+" after "+strconv.Itoa(m.Deliveries)+" deliveries")
 			return
 		}
 		delay := max(backoffFor(s.cfg.Backoff, m.Deliveries), a.retryAfter)

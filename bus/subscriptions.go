@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -111,18 +112,27 @@ func (b *Bus) consumerConfig(ctx context.Context, name string, s config.Subscrip
 	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return cc, err
 	}
-	kind, seq, t, _ := config.ParseStart(s.Start)
-	switch kind {
-	case "new":
-		cc.DeliverPolicy = jetstream.DeliverNewPolicy
-	case "all":
-		cc.DeliverPolicy = jetstream.DeliverAllPolicy
-	case "seq":
-		cc.DeliverPolicy, cc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq
-	case "time":
-		cc.DeliverPolicy, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
+	var err error
+	cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime, err = deliverFrom(s.Start)
+	return cc, err
+}
+
+// deliverFrom maps a start position (new, all, seq:N, time:T) to
+// JetStream's deliver policy.
+func deliverFrom(start string) (jetstream.DeliverPolicy, uint64, *time.Time, error) {
+	kind, seq, t, err := config.ParseStart(start)
+	if err != nil {
+		return 0, 0, nil, invalid("%v", err)
 	}
-	return cc, nil
+	switch kind {
+	case "all":
+		return jetstream.DeliverAllPolicy, 0, nil, nil
+	case "seq":
+		return jetstream.DeliverByStartSequencePolicy, seq, nil, nil
+	case "time":
+		return jetstream.DeliverByStartTimePolicy, 0, &t, nil
+	}
+	return jetstream.DeliverNewPolicy, 0, nil, nil
 }
 
 func (b *Bus) loadSub(ctx context.Context, name string) (config.Subscription, error) {

@@ -6,8 +6,6 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/junctionhq/junction/config"
 )
 
 // Tail calls fn for every message of topic from a start position (new,
@@ -16,9 +14,9 @@ import (
 // view for stream processing and debugging. Replays addressed to one
 // subscription are not shown; dead letters landing on the topic are.
 func (b *Bus) Tail(ctx context.Context, topic, from string, fn func(*Message) error) error {
-	kind, seq, t, err := config.ParseStart(from)
+	policy, seq, t, err := deliverFrom(from)
 	if err != nil {
-		return invalid("%v", err)
+		return err
 	}
 	if err := b.topicExists(ctx, topic, false); err != nil {
 		return err
@@ -39,17 +37,8 @@ func (b *Bus) Tail(ctx context.Context, topic, from string, fn func(*Message) er
 		}
 		return err
 	}
-	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{b.subjectBase(topic) + ".>"}}
-	switch kind {
-	case "new":
-		occ.DeliverPolicy = jetstream.DeliverNewPolicy
-	case "all":
-		occ.DeliverPolicy = jetstream.DeliverAllPolicy
-	case "seq":
-		occ.DeliverPolicy, occ.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq
-	case "time":
-		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
-	}
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{b.subjectBase(topic) + ".>"},
+		DeliverPolicy: policy, OptStartSeq: seq, OptStartTime: t}
 	cons, err := st.OrderedConsumer(ctx, occ)
 	if err != nil {
 		return err
