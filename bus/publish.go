@@ -44,10 +44,8 @@ func (b *Bus) Publish(ctx context.Context, topic string, msgs ...Message) ([]Pub
 		return nil, fmt.Errorf("%w: %w", ErrTooLarge, problem.New(problem.CodeTooLarge, "a batch holds at most %d messages, got %d", b.cfg.MaxBatch, len(msgs)))
 	}
 	// Validate everything before touching the topic: a rejected request
-	// must leave no trace, not even an auto-created topic.
-	if err := checkTopicName(topic); err != nil {
-		return nil, err
-	}
+	// must leave no trace, not even an auto-created topic. (topicExists
+	// checks the name, unless the topic is already known.)
 	now := time.Now()
 	for i := range msgs {
 		m := &msgs[i]
