@@ -1,0 +1,56 @@
+// Command nullhttp is the HTTP baseline for busload: a net/http server, set
+// up as Junction's API server is, that reads each request body and answers
+// 202 with a small JSON body. It prints "listening on ADDR" once bound and
+// exits on SIGINT/SIGTERM or after -max.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:0", "listen address")
+	maxRun := flag.Duration("max", 10*time.Minute, "exit after this long")
+	flag.Parse()
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nullhttp:", err)
+		os.Exit(1)
+	}
+	answer := []byte(`{"id":"00000000-0000-0000-0000-000000000000","sequence":1,"duplicate":false}`)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = w.Write(answer)
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+	}
+	fmt.Println("listening on", l.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *maxRun)
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		fmt.Fprintln(os.Stderr, "nullhttp:", err)
+		os.Exit(1)
+	}
+}
