@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/junctionhq/junction/bus"
 	"github.com/junctionhq/junction/config"
@@ -55,6 +56,7 @@ type Node struct {
 	handler  http.Handler
 	listener net.Listener
 	tracing  func(context.Context) error
+	tp       trace.TracerProvider
 	lock     *os.File
 	draining atomic.Bool
 	closed   sync.Once
@@ -67,6 +69,7 @@ type nodeOptions struct {
 	logger   *slog.Logger
 	registry *prometheus.Registry
 	httpc    bus.HTTPDoer
+	tp       trace.TracerProvider
 }
 
 // WithLogger sets the logger (default: from config, on stderr).
@@ -74,6 +77,11 @@ func WithLogger(l *slog.Logger) Option { return func(o *nodeOptions) { o.logger 
 
 // WithRegistry sets the Prometheus registry (default: a new one).
 func WithRegistry(r *prometheus.Registry) Option { return func(o *nodeOptions) { o.registry = r } }
+
+// WithTracerProvider records Junction's spans with tp instead of the
+// provider tracing.exporter would build (for programs that embed Junction
+// in their own tracing, and for tests).
+func WithTracerProvider(tp trace.TracerProvider) Option { return func(o *nodeOptions) { o.tp = tp } }
 
 // WithPushClient sets the HTTP client used for push deliveries.
 func WithPushClient(c bus.HTTPDoer) Option { return func(o *nodeOptions) { o.httpc = c } }
@@ -101,10 +109,12 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 			n.close(context.Background())
 		}
 	}()
-	if n.tracing, err = observe.SetupTracing(ctx, observe.TracingOptions{
-		Exporter: cfg.Tracing.Exporter, Endpoint: cfg.Tracing.Endpoint, Sample: cfg.Tracing.Sample,
-	}); err != nil {
-		return nil, err
+	if n.tp = o.tp; n.tp == nil {
+		if n.tp, n.tracing, err = observe.NewTracerProvider(ctx, observe.TracingOptions{
+			Exporter: cfg.Tracing.Exporter, Endpoint: cfg.Tracing.Endpoint, Sample: cfg.Tracing.Sample,
+		}); err != nil {
+			return nil, err
+		}
 	}
 	// Bind first: a taken port should fail before anything is started.
 	if n.listener, err = httpserver.Listen(cfg.API.Listen); err != nil {
@@ -126,7 +136,7 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	}
 	if n.bus, err = bus.New(ctx, bus.Options{
 		NC: n.nats.NC, JS: n.nats.JS, Prefix: cfg.NATS.Prefix, Config: cfg.Bus, Logger: n.log,
-		Registerer: n.reg, HTTPClient: o.httpc,
+		Registerer: n.reg, HTTPClient: o.httpc, Tracer: observe.Tracer(n.tp, "bus"),
 	}); err != nil {
 		return nil, err
 	}
@@ -189,7 +199,8 @@ func (n *Node) mount() {
 		Handler: promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{Registry: n.reg}).ServeHTTP})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/openapi.json", Tag: "operations", Summary: "This OpenAPI 3.1 document", Handler: r.OpenAPIHandler(BuildVersion())})
 	n.router = r
-	n.handler = httpserver.Wrap(r, httpserver.Options{Token: n.cfg.API.Token, Logger: n.log, Metrics: httpserver.NewMetrics(n.reg)})
+	n.handler = httpserver.Wrap(r, httpserver.Options{Token: n.cfg.API.Token, Logger: n.log,
+		Metrics: httpserver.NewMetrics(n.reg), Tracer: observe.Tracer(n.tp, "api")})
 }
 
 func (n *Node) healthz(w http.ResponseWriter, _ *http.Request) {

@@ -98,9 +98,15 @@ func (a *API) publish(w http.ResponseWriter, r *http.Request) {
 		limit = a.MaxBodyBytes
 	}
 	bp := bodyPool.Get().(*[]byte)
-	defer bodyPool.Put(bp)
 	body, err := readAll(http.MaxBytesReader(w, r.Body, limit), (*bp)[:0])
-	*bp = body[:0]
+	defer func() {
+		// Keep ordinary buffers for reuse; let a rare huge batch body go
+		// rather than pinning megabytes in the pool.
+		if cap(body) <= 256<<10 {
+			*bp = body[:0]
+			bodyPool.Put(bp)
+		}
+	}()
 	if err != nil {
 		p := problem.From(err)
 		if p.Code == problem.CodeTooLarge && limit == a.Bus.cfg.MaxMessageBytes {

@@ -20,9 +20,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/problem"
+	"github.com/junctionhq/junction/observe"
 )
 
 // Options configure a Bus.
@@ -33,6 +35,9 @@ type Options struct {
 	Config     config.Bus
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// Tracer records publish and delivery spans; nil records none (trace
+	// context still passes through).
+	Tracer trace.Tracer
 	// HTTPClient delivers push subscriptions; nil uses a tuned default.
 	HTTPClient HTTPDoer
 }
@@ -46,6 +51,7 @@ type Bus struct {
 	log    *slog.Logger
 	met    *metrics
 	client HTTPDoer
+	tracer trace.Tracer
 
 	known sync.Map // topic name -> struct{}: streams known to exist
 
@@ -80,9 +86,12 @@ func New(ctx context.Context, o Options) (*Bus, error) {
 	if o.HTTPClient == nil {
 		o.HTTPClient = defaultHTTPClient()
 	}
+	if o.Tracer == nil {
+		o.Tracer = observe.Tracer(nil, "bus")
+	}
 	b := &Bus{
 		nc: o.NC, js: o.JS, pfx: o.Prefix, cfg: o.Config, log: o.Logger.With("component", "bus"),
-		met: newMetrics(o.Registerer), client: o.HTTPClient,
+		met: newMetrics(o.Registerer), client: o.HTTPClient, tracer: o.Tracer,
 		dispatchers: map[string]*dispatcher{}, compiled: map[string]*compiled{}, closing: make(chan struct{}),
 	}
 	var err error

@@ -26,8 +26,6 @@ type PublishResult struct {
 	Error     *problem.Problem `json:"error,omitempty"`
 }
 
-var tracer = observe.Tracer("bus")
-
 // natsCarrier lets the W3C propagator read and write NATS headers.
 func natsCarrier(h nats.Header) propagation.HeaderCarrier { return propagation.HeaderCarrier(h) }
 
@@ -61,7 +59,7 @@ func (b *Bus) Publish(ctx context.Context, topic string, msgs ...Message) ([]Pub
 	if err := b.topicExists(ctx, topic, b.cfg.AutoCreateTopics); err != nil {
 		return nil, err
 	}
-	ctx, span := tracer.Start(ctx, "publish "+topic, trace.WithSpanKind(trace.SpanKindProducer),
+	ctx, span := b.tracer.Start(ctx, "publish "+topic, trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("messaging.destination.name", topic), attribute.Int("messaging.batch.message_count", len(msgs))))
 	defer span.End()
 

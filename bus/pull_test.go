@@ -176,12 +176,16 @@ func TestAckIDsAreCheckedAndSettlingIsValidated(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := n.Client.Publish(ctx(t), "shared", client.Event{Data: []byte("x")}); err != nil {
-		t.Fatal(err)
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	if st, _, _ := testutil.Do(t, "POST", n.URL+"/v1/topics/shared/messages", map[string]string{"traceparent": tp}, "x"); st != 202 {
+		t.Fatalf("publish: %d", st)
 	}
 	ms, err := n.Client.Pull(ctx(t), "a", 1, 5*time.Second)
 	if err != nil || len(ms) != 1 {
 		t.Fatalf("pull: %v %v", ms, err)
+	}
+	if ms[0].Headers["traceparent"] != tp {
+		t.Fatalf("pulled message lacks the publisher's trace context: %v", ms[0].Headers)
 	}
 	cases := []struct {
 		name, sub, body string

@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/junctionhq/junction"
 	"github.com/junctionhq/junction/client"
 	"github.com/junctionhq/junction/internal/testutil"
 )
@@ -58,9 +62,10 @@ func TestPushDeliveryFilterAndTraceContext(t *testing.T) {
 				d.header.Get("X-Custom") != "yes" || d.header.Get("Junction-Subscription") != "billing" || d.attempt != "1" {
 				t.Errorf("delivery %d headers: %v", i, d.header)
 			}
-			tp := strings.Split(d.header.Get("traceparent"), "-")
-			if len(tp) != 4 || tp[1] != traceID || tp[2] == "00f067aa0ba902b7" {
-				t.Errorf("delivery %d traceparent %q: want trace %s with a new span id", i, d.header.Get("traceparent"), traceID)
+			// Tracing is off by default: the caller's trace context
+			// passes through unchanged.
+			if tp := d.header.Get("traceparent"); tp != "00-"+traceID+"-00f067aa0ba902b7-01" {
+				t.Errorf("delivery %d traceparent %q: want the publisher's", i, tp)
 			}
 		}
 		if ds[0].body != `{"total":10}` {
@@ -304,5 +309,44 @@ func TestSlowWebhookIsNotDeliveredTwice(t *testing.T) {
 	})
 	if c := hook.count(); c != 1 {
 		t.Fatalf("webhook called %d times", c)
+	}
+}
+
+// With tracing on, each hop records a span: the API request, the publish
+// (its child) and the delivery (the publish's child), and the webhook gets
+// the delivery span as its parent.
+func TestSpansAcrossPublishAndDelivery(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	n := testutil.Start(t, testutil.Config(t, testutil.Embedded), junction.WithTracerProvider(tp))
+	hook := newWebhook(t, nil)
+	if _, err := n.Client.PutSubscription(ctx(t), "traced", client.Subscription{Topic: "spans", Push: &client.Push{URL: hook.URL}}); err != nil {
+		t.Fatal(err)
+	}
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	st, _, body := testutil.Do(t, "POST", n.URL+"/v1/topics/spans/messages", map[string]string{
+		"traceparent": "00-" + traceID + "-00f067aa0ba902b7-01"}, "x")
+	if st != 202 {
+		t.Fatalf("publish: %d %s", st, body)
+	}
+	testutil.Eventually(t, 10*time.Second, "delivery", func() bool { return hook.count() == 1 })
+	byName := map[string]sdktrace.ReadOnlySpan{}
+	testutil.Eventually(t, 10*time.Second, "three spans", func() bool {
+		for _, s := range rec.Ended() {
+			byName[s.Name()] = s
+		}
+		return byName["POST /v1/topics/{topic}/messages"] != nil && byName["publish spans"] != nil && byName["deliver traced"] != nil
+	})
+	api, pub, del := byName["POST /v1/topics/{topic}/messages"], byName["publish spans"], byName["deliver traced"]
+	if api.Parent().SpanID().String() != "00f067aa0ba902b7" || api.SpanContext().TraceID().String() != traceID {
+		t.Errorf("API span parent %s trace %s", api.Parent().SpanID(), api.SpanContext().TraceID())
+	}
+	if pub.Parent().SpanID() != api.SpanContext().SpanID() || del.Parent().SpanID() != pub.SpanContext().SpanID() {
+		t.Errorf("span chain broken: publish parent %s (api %s), deliver parent %s (publish %s)",
+			pub.Parent().SpanID(), api.SpanContext().SpanID(), del.Parent().SpanID(), pub.SpanContext().SpanID())
+	}
+	want := "00-" + traceID + "-" + del.SpanContext().SpanID().String() + "-01"
+	if got := hook.deliveries()[0].header.Get("traceparent"); got != want {
+		t.Errorf("webhook traceparent %q, want %q", got, want)
 	}
 }

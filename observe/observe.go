@@ -1,7 +1,8 @@
 // Package observe is where Junction's logs, metrics and traces are set up.
-// Components receive a *slog.Logger and a prometheus.Registerer from the
-// host and use the global OpenTelemetry tracer and W3C propagator; they
-// never configure exporters themselves.
+// Components receive a *slog.Logger, a prometheus.Registerer and a
+// trace.Tracer from the host and use the W3C propagator here; they never
+// configure exporters themselves. Nothing here touches OpenTelemetry's
+// globals, so a program embedding Junction keeps its own.
 package observe
 
 import (
@@ -14,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/exporters/stdout/stdouttrace"
 	"go.opentelemetry.io/otel/propagation"
@@ -22,6 +22,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // NewLogger builds the process logger. format is "text" or "json".
@@ -46,8 +47,14 @@ func NewRegistry() *prometheus.Registry {
 // Propagator is W3C trace context plus baggage, used on every hop.
 var Propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 
-// Tracer returns the tracer for one component ("junction/bus", ...).
-func Tracer(component string) trace.Tracer { return otel.Tracer("junction/" + component) }
+// Tracer returns the tracer for one component ("junction/bus", ...) from
+// tp, or a no-op tracer when tp is nil.
+func Tracer(tp trace.TracerProvider, component string) trace.Tracer {
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	return tp.Tracer("junction/" + component)
+}
 
 // TracingOptions selects the span exporter.
 type TracingOptions struct {
@@ -56,24 +63,28 @@ type TracingOptions struct {
 	Sample   float64
 }
 
-// SetupTracing installs the global tracer provider and propagator and
-// returns its shutdown function. With exporter "none" spans are still
-// created and trace context still crosses every hop (new span ids are
-// minted), they are just not exported.
-func SetupTracing(ctx context.Context, o TracingOptions) (func(context.Context) error, error) {
-	otel.SetTextMapPropagator(Propagator)
+// NewTracerProvider builds the tracer provider the config asks for, with
+// its shutdown function. With exporter "none" no spans are recorded at all
+// (OpenTelemetry's no-op provider): an incoming traceparent still crosses
+// every hop unchanged, so callers' traces stay whole, but Junction pays
+// nothing for spans nobody collects. Recording spans only to drop them
+// measurably slowed every publish and delivery.
+func NewTracerProvider(ctx context.Context, o TracingOptions) (trace.TracerProvider, func(context.Context) error, error) {
+	if o.Exporter == "none" || o.Exporter == "" {
+		return noop.NewTracerProvider(), func(context.Context) error { return nil }, nil
+	}
 	var opts []sdktrace.TracerProviderOption
 	switch o.Exporter {
 	case "stdout":
 		exp, err := stdouttrace.New(stdouttrace.WithWriter(os.Stderr))
 		if err != nil {
-			return nil, fmt.Errorf("stdout trace exporter: %w", err)
+			return nil, nil, fmt.Errorf("stdout trace exporter: %w", err)
 		}
 		opts = append(opts, sdktrace.WithBatcher(exp))
 	case "otlp":
 		exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpoint(o.Endpoint), otlptracehttp.WithInsecure())
 		if err != nil {
-			return nil, fmt.Errorf("otlp trace exporter: %w", err)
+			return nil, nil, fmt.Errorf("otlp trace exporter: %w", err)
 		}
 		opts = append(opts, sdktrace.WithBatcher(exp))
 	}
@@ -81,6 +92,5 @@ func SetupTracing(ctx context.Context, o TracingOptions) (func(context.Context) 
 	opts = append(opts, sdktrace.WithResource(res),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(o.Sample))))
 	tp := sdktrace.NewTracerProvider(opts...)
-	otel.SetTracerProvider(tp)
-	return tp.Shutdown, nil
+	return tp, tp.Shutdown, nil
 }

@@ -15,11 +15,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/junctionhq/junction/bus"
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/natsembed"
-	"github.com/junctionhq/junction/observe"
 )
 
 // PayloadSize is the data size of every benchmark message.
@@ -40,22 +41,18 @@ type Env struct {
 	Metrics *prometheus.Registry
 }
 
-// TracingEnabled reports whether StartEnv installs the tracer provider a
-// node installs by default (exporter none, sample 1). Set
-// JUNCTION_BENCH_TRACING=0 to measure with OpenTelemetry's no-op provider
-// instead. The choice is process-wide: OpenTelemetry binds the bus's
-// tracer to the first provider set.
-func TracingEnabled() bool { return os.Getenv("JUNCTION_BENCH_TRACING") != "0" }
+// TracingEnabled reports whether the bus records spans
+// (JUNCTION_BENCH_TRACING=1: an OpenTelemetry SDK provider that samples
+// every trace and exports nowhere), to show what recording costs. By
+// default the bus runs as a node does with tracing.exporter none: no spans
+// are recorded.
+func TracingEnabled() bool { return os.Getenv("JUNCTION_BENCH_TRACING") == "1" }
 
 // StartEnv starts the server with its JetStream store under dir.
 func StartEnv(ctx context.Context, dir string) (*Env, error) {
+	var tracer trace.Tracer // nil: no spans, as a node with exporter none
 	if TracingEnabled() {
-		def := config.Default().Tracing
-		if _, err := observe.SetupTracing(ctx, observe.TracingOptions{
-			Exporter: def.Exporter, Endpoint: def.Endpoint, Sample: def.Sample,
-		}); err != nil {
-			return nil, err
-		}
+		tracer = sdktrace.NewTracerProvider().Tracer("junction/bus")
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nc, err := natsembed.Start(ctx, natsembed.Options{DataDir: dir, Logger: log})
@@ -65,7 +62,7 @@ func StartEnv(ctx context.Context, dir string) (*Env, error) {
 	reg := prometheus.NewRegistry()
 	b, err := bus.New(ctx, bus.Options{
 		NC: nc.NC, JS: nc.JS, Prefix: Prefix, Config: config.Default().Bus, Logger: log,
-		Registerer: reg,
+		Registerer: reg, Tracer: tracer,
 	})
 	if err != nil {
 		nc.Close()

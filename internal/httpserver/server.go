@@ -69,6 +69,7 @@ type Options struct {
 	Token   string
 	Logger  *slog.Logger
 	Metrics *Metrics
+	Tracer  trace.Tracer // nil records no spans
 }
 
 type statusWriter struct {
@@ -102,7 +103,10 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // Wrap applies auth, tracing, metrics and logging around h. Health probes
 // stay open without a token so orchestrators can use them.
 func Wrap(h http.Handler, o Options) http.Handler {
-	tracer := observe.Tracer("api")
+	tracer := o.Tracer
+	if tracer == nil {
+		tracer = observe.Tracer(nil, "api")
+	}
 	token := []byte(o.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(token) > 0 && r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {

@@ -142,8 +142,8 @@ func publishTable(bs map[string]bench) {
 		{"BenchmarkPublish", "junction/batch100", "Bus.Publish, batches of 100", "raw/async100", ""},
 		{"BenchmarkPublish", "junction/batch100", "Bus.Publish, batches of 100", "raw/async", ">= 0.80x"},
 		{"BenchmarkPublish", "junction/batch100x4", "Bus.Publish, batches of 100, 4 callers", "raw/async", ""},
-		{"BenchmarkPublishNoTrace", "junction/sync", "no-op tracer: Bus.Publish, 1 message", "raw/sync", ""},
-		{"BenchmarkPublishNoTrace", "junction/batch100", "no-op tracer: Bus.Publish, batches of 100", "raw/async", ""},
+		{"BenchmarkPublishTraced", "junction/sync", "spans recorded: Bus.Publish, 1 message", "raw/sync", ""},
+		{"BenchmarkPublishTraced", "junction/batch100", "spans recorded: Bus.Publish, batches of 100", "raw/async", ""},
 	}
 	for _, row := range rows {
 		j, r := bs[row.set+"/"+row.j], bs[row.set+"/"+row.r]
@@ -206,7 +206,7 @@ func e2eTable(es map[string]e2eResult) {
 	fmt.Printf("\n3. Publish to push delivery, end to end, to a local webhook\n\n")
 	fmt.Println("| path | max msg/s | CPU us/msg | latency at msg/s | p50 ms | p99 ms | max ms | ratio (max) | target |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-	for _, set := range []struct{ pfx, note string }{{"", ""}, {"notrace-", "no-op tracer (diagnostic): "}} {
+	for _, set := range []struct{ pfx, note string }{{"", ""}, {"traced-", "spans recorded (diagnostic): "}} {
 		jm, jok := es[set.pfx+"junction/max"]
 		jl := es[set.pfx+"junction/latency"]
 		rm, rok := es[set.pfx+"raw/max"]
