@@ -120,20 +120,6 @@ run "$BIN/busload" -name nullhttp-batch -mode batch -batch 100 -conns "$BATCH_CO
 	-pid "$NPID" -json -url "http://$ADDR/v1/topics/load.batch/messages"
 stop "$NPID"
 
-section "2c. the same load against junction serve with tracing.sample: 0 (diagnostic: what tracing costs)"
-mkdir -p "$WORK/run0"
-printf 'tracing:\n  sample: 0\n' >"$WORK/run0/junction.yaml"
-(cd "$WORK/run0" && JUNCTION_CONFIG= exec "$BIN/junction" serve --data "$WORK/data0" --listen 127.0.0.1:0 2>"$WORK/serve0.log") &
-JPID=$!
-PIDS+=("$JPID")
-ADDR=$(wait_line "$WORK/serve0.log" 'junction started' | sed -E 's/.* api=([^ ]+).*/\1/')
-log "junction serve (tracing.sample: 0) pid $JPID on $ADDR"
-run "$BIN/busload" -name junction-sample0-single -mode binary -conns "$SINGLE_CONNS" -duration "$DURATION" -warmup "$WARMUP" \
-	-pid "$JPID" -json -url "http://$ADDR/v1/topics/load.single/messages"
-run "$BIN/busload" -name junction-sample0-batch -mode batch -batch 100 -conns "$BATCH_CONNS" -duration "$DURATION" -warmup "$WARMUP" \
-	-pid "$JPID" -json -url "http://$ADDR/v1/topics/load.batch/messages"
-stop "$JPID"
-
 section "3. publish to push, end to end"
 run "$BIN/pushe2e" -json -n "$E2E_N" -latency-for "$E2E_LATENCY_FOR"
 

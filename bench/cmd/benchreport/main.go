@@ -180,7 +180,6 @@ func httpTable(hs map[string]httpResult) {
 		for _, srv := range []struct{ name, label string }{
 			{"junction-", "junction serve"},
 			{"nullhttp-", "nullhttp (baseline)"},
-			{"junction-sample0-", "junction serve, tracing.sample: 0 (diagnostic)"},
 		} {
 			h, ok := hs[srv.name+m.mode]
 			if !ok {
