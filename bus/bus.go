@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,7 +60,9 @@ type Bus struct {
 	pulls  sync.Map // subscription name -> *pullState
 
 	mu          sync.Mutex
-	dispatchers map[string]*dispatcher
+	dispatchers map[string]deliverer
+	leaseKV     jetstream.KeyValue
+	nodeID      string
 	compiled    map[string]*compiled // every subscription, from the KV watch
 	runCtx      context.Context
 	stopRun     context.CancelFunc
@@ -92,13 +95,19 @@ func New(ctx context.Context, o Options) (*Bus, error) {
 	b := &Bus{
 		nc: o.NC, js: o.JS, pfx: o.Prefix, cfg: o.Config, log: o.Logger.With("component", "bus"),
 		met: newMetrics(o.Registerer), client: o.HTTPClient, tracer: o.Tracer,
-		dispatchers: map[string]*dispatcher{}, compiled: map[string]*compiled{}, closing: make(chan struct{}),
+		dispatchers: map[string]deliverer{}, nodeID: uuid.NewString(), compiled: map[string]*compiled{}, closing: make(chan struct{}),
 	}
 	var err error
 	if b.subsKV, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: b.pfx + "_subscriptions", Description: "Junction subscriptions", History: 1, Storage: jetstream.FileStorage,
 	}); err != nil {
 		return nil, fmt.Errorf("subscriptions bucket: %w", err)
+	}
+	if b.leaseKV, err = b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: b.pfx + "_leases", Description: "Junction delivery leases", History: 1,
+		TTL: leaseTTL, Storage: jetstream.FileStorage,
+	}); err != nil {
+		return nil, fmt.Errorf("lease bucket: %w", err)
 	}
 	return b, nil
 }
@@ -176,11 +185,11 @@ func (b *Bus) Stop(ctx context.Context) error {
 	default:
 		close(b.closing)
 	}
-	ds := make([]*dispatcher, 0, len(b.dispatchers))
+	ds := make([]deliverer, 0, len(b.dispatchers))
 	for _, d := range b.dispatchers {
 		ds = append(ds, d)
 	}
-	b.dispatchers = map[string]*dispatcher{}
+	b.dispatchers = map[string]deliverer{}
 	b.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, d := range ds {

@@ -122,3 +122,85 @@ func TestTwoNodesShareSubscriptions(t *testing.T) {
 		t.Fatal("a deleted subscription still delivered")
 	}
 }
+
+// An ordered subscription is served by one node at a time (the holder of
+// its lease), so two nodes never run the same key at once; when that node
+// stops, the other takes over.
+func TestOrderedByKeyAcrossNodes(t *testing.T) {
+	cfgA := testutil.Config(t, testutil.External)
+	a := testutil.Start(t, cfgA)
+	cfgB := testutil.Config(t, testutil.External)
+	cfgB.NATS.Prefix = cfgA.NATS.Prefix
+	b := testutil.Start(t, cfgB)
+
+	var mu sync.Mutex
+	inflight := map[string]int{}
+	seen := map[string][]int{}
+	violations := 0
+	hook := newWebhook(t, nil)
+	hook.respond = func(d delivery, _ int) int {
+		key := d.header.Get("ce-partitionkey")
+		var n int
+		fmt.Sscanf(d.body, "%d", &n)
+		mu.Lock()
+		if inflight[key]++; inflight[key] > 1 {
+			violations++
+		}
+		mu.Unlock()
+		time.Sleep(2 * time.Millisecond) // hold the call so overlap would show
+		mu.Lock()
+		inflight[key]--
+		seen[key] = append(seen[key], n)
+		mu.Unlock()
+		return 200
+	}
+	if _, err := a.Client.PutSubscription(ctx(t), "ledger", client.Subscription{
+		Topic: "accounts", Push: &client.Push{URL: hook.URL}, OrderedByKey: true, MaxInFlight: 16,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "node B to see the subscription", func() bool {
+		_, err := b.Client.GetSubscription(ctx(t), "ledger")
+		return err == nil
+	})
+	publish := func(from, to int) {
+		var evs []client.Event
+		for i := from; i < to; i++ {
+			for k := range 3 {
+				evs = append(evs, client.Event{Key: fmt.Sprintf("k%d", k), ContentType: "text/plain", Data: fmt.Appendf(nil, "%d", i)})
+			}
+		}
+		if _, err := b.Client.PublishBatch(ctx(t), "accounts", evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	delivered := func(n int) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			total := 0
+			for _, s := range seen {
+				total += len(s)
+			}
+			return total >= n
+		}
+	}
+	publish(0, 20)
+	testutil.Eventually(t, 20*time.Second, "first 60 delivered", delivered(60))
+	a.KeepNATS = true // B goes on with the same streams
+	a.Stop(t)         // if A held the lease, B takes it over
+	publish(20, 40)
+	testutil.Eventually(t, 30*time.Second, "all 120 delivered", delivered(120))
+	mu.Lock()
+	defer mu.Unlock()
+	if violations > 0 {
+		t.Errorf("%d times a key had two deliveries in flight", violations)
+	}
+	for k, s := range seen {
+		for i, v := range s {
+			if v != i {
+				t.Fatalf("key %s delivered out of order or twice: %v", k, s)
+			}
+		}
+	}
+}

@@ -73,6 +73,19 @@ type dispatcher struct {
 	lanes   map[string][]jetstream.Msg // ordered_by_key: queued messages per key
 }
 
+// deliverer runs push delivery of one subscription on this node.
+type deliverer interface {
+	config() config.Subscription
+	stop(ctx context.Context)
+}
+
+var (
+	_ deliverer = (*dispatcher)(nil)
+	_ deliverer = (*leader)(nil)
+)
+
+func (d *dispatcher) config() config.Subscription { return d.sub.cfg }
+
 func (b *Bus) startDispatcher(c *compiled) (*dispatcher, error) {
 	ctx, cancel := waitCtx(context.Background())
 	defer cancel()

@@ -279,7 +279,7 @@ func (b *Bus) reconcile(e jetstream.KeyValueEntry) {
 	default:
 	}
 	cur := b.dispatchers[name]
-	if cur != nil && reflect.DeepEqual(cur.sub.cfg, s) {
+	if cur != nil && reflect.DeepEqual(cur.config(), s) {
 		b.mu.Unlock()
 		return
 	}
@@ -288,10 +288,15 @@ func (b *Bus) reconcile(e jetstream.KeyValueEntry) {
 	if s.Push == nil {
 		return
 	}
-	d, err := b.startDispatcher(c)
-	if err != nil {
-		b.log.Error("starting push delivery", "subscription", name, "err", err)
-		return
+	var d deliverer
+	if s.OrderedByKey {
+		d = b.startLeader(c) // one node at a time, or keys lose their order
+	} else {
+		var err error
+		if d, err = b.startDispatcher(c); err != nil {
+			b.log.Error("starting push delivery", "subscription", name, "err", err)
+			return
+		}
 	}
 	b.mu.Lock()
 	stopping := false

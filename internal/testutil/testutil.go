@@ -54,8 +54,11 @@ type Node struct {
 	URL    string
 	Client *client.Client
 	Config *config.Config
-	cancel context.CancelFunc
-	done   chan error
+	// KeepNATS leaves the node's streams on an external NATS when it
+	// stops, for tests where another node shares its prefix.
+	KeepNATS bool
+	cancel   context.CancelFunc
+	done     chan error
 }
 
 // Substrate selects embedded or external NATS.
@@ -116,7 +119,7 @@ func (n *Node) Stop(t testing.TB) {
 	case <-time.After(30 * time.Second):
 		t.Errorf("node did not stop within 30s")
 	}
-	if n.Config.NATS.URL != "" {
+	if n.Config.NATS.URL != "" && !n.KeepNATS {
 		CleanupPrefix(t, n.Config.NATS.URL, n.Config.NATS.Prefix)
 	}
 }
