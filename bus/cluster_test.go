@@ -10,15 +10,21 @@ import (
 	"github.com/junctionhq/junction/internal/testutil"
 )
 
+// twoNodes starts two nodes on the machine's NATS with one prefix: one
+// deployment of two nodes.
+func twoNodes(t *testing.T) (a, b *testutil.Node) {
+	cfgA := testutil.Config(t, testutil.External)
+	a = testutil.Start(t, cfgA)
+	cfgB := testutil.Config(t, testutil.External)
+	cfgB.NATS.Prefix = cfgA.NATS.Prefix
+	return a, testutil.Start(t, cfgB)
+}
+
 // Two nodes on one NATS cluster share everything: a subscription made on
 // one is served by both, each message is pushed once, and pulls on either
 // node drain one work queue.
 func TestTwoNodesShareSubscriptions(t *testing.T) {
-	cfgA := testutil.Config(t, testutil.External)
-	a := testutil.Start(t, cfgA)
-	cfgB := testutil.Config(t, testutil.External)
-	cfgB.NATS.Prefix = cfgA.NATS.Prefix
-	b := testutil.Start(t, cfgB)
+	a, b := twoNodes(t)
 
 	var mu sync.Mutex
 	seen := map[string]int{}
@@ -127,11 +133,7 @@ func TestTwoNodesShareSubscriptions(t *testing.T) {
 // its lease), so two nodes never run the same key at once; when that node
 // stops, the other takes over.
 func TestOrderedByKeyAcrossNodes(t *testing.T) {
-	cfgA := testutil.Config(t, testutil.External)
-	a := testutil.Start(t, cfgA)
-	cfgB := testutil.Config(t, testutil.External)
-	cfgB.NATS.Prefix = cfgA.NATS.Prefix
-	b := testutil.Start(t, cfgB)
+	a, b := twoNodes(t)
 
 	var mu sync.Mutex
 	inflight := map[string]int{}
