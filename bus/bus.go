@@ -204,9 +204,6 @@ func (b *Bus) Stop(ctx context.Context) error {
 	return nil
 }
 
-// Closing is closed when Stop begins; long-lived streams (tails) end then.
-func (b *Bus) Closing() <-chan struct{} { return b.closing }
-
 func notFoundTopic(topic string) error {
 	return fmt.Errorf("%w: %w", ErrTopicNotFound, problem.New(problem.CodeTopicNotFound, "topic %q does not exist", topic))
 }

@@ -240,8 +240,6 @@ func TestTopicRetentionAndStats(t *testing.T) {
 	})
 }
 
-type ctxT = context.Context
-
 func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
 	c, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)

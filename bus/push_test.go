@@ -150,7 +150,7 @@ func TestPushRetryBackoffDeadLetterAndReplay(t *testing.T) {
 		}
 		// The dead letter keeps the event and says why.
 		var dl []client.Message
-		c, cancel := contextWithCancel(t)
+		c, cancel := contextWithTimeout(t, 10*time.Second)
 		_ = n.Client.Tail(c, "mail.failed", "all", func(m client.Message) error { dl = append(dl, m); cancel(); return nil })
 		if len(dl) != 1 || dl[0].ID != "mail-1" || dl[0].Type != "mail.send" ||
 			!strings.Contains(dl[0].Headers["junction-dead-letter-reason"], "http_500") ||
@@ -268,11 +268,6 @@ func TestOrderedByKey(t *testing.T) {
 			}
 		}
 	})
-}
-
-func contextWithCancel(t *testing.T) (ctxT, func()) {
-	c, cancel := contextWithTimeout(t, 10*time.Second)
-	return c, cancel
 }
 
 // A webhook slower than ack_wait is told "in progress", not called again

@@ -1,7 +1,6 @@
 package httpserver
 
 import (
-	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -158,26 +157,4 @@ func Listen(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("api.listen %s: %w", addr, err)
 	}
 	return l, nil
-}
-
-// Serve runs srv on l until ctx ends, then shuts down gracefully within
-// timeout (stop accepting, let in-flight requests finish).
-func Serve(ctx context.Context, srv *http.Server, l net.Listener, timeout time.Duration) error {
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	err := srv.Shutdown(sctx)
-	if errors.Is(err, context.DeadlineExceeded) {
-		_ = srv.Close()
-	}
-	if e := <-errc; !errors.Is(e, http.ErrServerClosed) {
-		return e
-	}
-	return err
 }
