@@ -27,6 +27,7 @@ import (
 	"github.com/junctionhq/junction/internal/natsembed"
 	"github.com/junctionhq/junction/internal/problem"
 	"github.com/junctionhq/junction/internal/sqldb"
+	"github.com/junctionhq/junction/mesh"
 	"github.com/junctionhq/junction/observe"
 )
 
@@ -52,6 +53,7 @@ type Node struct {
 	nats     *natsembed.Conn
 	db       *sqldb.DB
 	bus      *bus.Bus
+	mesh     *mesh.Mesh
 	router   *httpserver.Router
 	handler  http.Handler
 	listener net.Listener
@@ -140,10 +142,19 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	}); err != nil {
 		return nil, err
 	}
+	if n.mesh, err = mesh.New(ctx, mesh.Options{
+		JS: n.nats.JS, Prefix: cfg.NATS.Prefix, Services: cfg.Services, Policies: cfg.Policies, Mesh: cfg.Mesh,
+		Logger: n.log, Registerer: n.reg, Tracer: observe.Tracer(n.tp, "mesh"), APIToken: cfg.API.Token,
+	}); err != nil {
+		return nil, err
+	}
 	if err := n.applyDeclared(ctx); err != nil {
 		return nil, err
 	}
 	if err := n.bus.Start(ctx); err != nil {
+		return nil, err
+	}
+	if err := n.mesh.Start(ctx); err != nil {
 		return nil, err
 	}
 	n.mount()
@@ -193,6 +204,7 @@ func sortedKeys[V any](m map[string]V) []string {
 func (n *Node) mount() {
 	r := httpserver.NewRouter()
 	r.HandleAll((&bus.API{Bus: n.bus, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
+	r.HandleAll((&mesh.API{Mesh: n.mesh}).Routes())
 	r.Handle(httpserver.Route{Method: "GET", Path: "/healthz", Tag: "operations", Summary: "Liveness: the process serves HTTP", Handler: n.healthz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/readyz", Tag: "operations", Summary: "Readiness: NATS and SQL answer", Handler: n.readyz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/metrics", Tag: "operations", Summary: "Prometheus metrics",
@@ -238,6 +250,10 @@ func (n *Node) Router() *httpserver.Router { return n.router }
 // Bus is the node's message bus, for Go programs that embed Junction.
 func (n *Node) Bus() *bus.Bus { return n.bus }
 
+// Mesh is the node's service mesh: its registry, and an http.RoundTripper
+// that calls services by name (http://inventory/stock/42).
+func (n *Node) Mesh() *mesh.Mesh { return n.mesh }
+
 // Addr is the API listener's address.
 func (n *Node) Addr() string { return n.listener.Addr().String() }
 
@@ -265,8 +281,9 @@ func (n *Node) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = n.bus.Stop(sctx) }() // also ends open tails
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = n.bus.Stop(sctx) }()  // also ends open tails
+	go func() { defer wg.Done(); _ = n.mesh.Stop(sctx) }() // deregisters a sidecar first
 	if serveErr == nil {
 		if err := srv.Shutdown(sctx); err != nil {
 			_ = srv.Close()
@@ -283,16 +300,19 @@ func (n *Node) Run(ctx context.Context) error {
 
 // Close releases everything without serving (for a node never Run).
 func (n *Node) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout.D())
+	defer cancel()
 	if n.bus != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout.D())
-		defer cancel()
 		_ = n.bus.Stop(ctx)
 	}
-	n.close(context.Background())
+	n.close(ctx)
 }
 
 func (n *Node) close(ctx context.Context) {
 	n.closed.Do(func() {
+		if n.mesh != nil {
+			_ = n.mesh.Stop(ctx) // a no-op after Run's
+		}
 		if n.listener != nil {
 			_ = n.listener.Close()
 		}

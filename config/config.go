@@ -54,6 +54,9 @@ type Config struct {
 	Bus             Bus                      `yaml:"bus"`
 	Topics          map[string]*Topic        `yaml:"topics"`
 	Subscriptions   map[string]*Subscription `yaml:"subscriptions"`
+	Mesh            Mesh                     `yaml:"mesh"`
+	Services        map[string]*Service      `yaml:"services"`
+	Policies        map[string]*Policy       `yaml:"policies"`
 }
 
 // Log configures slog output on stderr.
@@ -152,6 +155,10 @@ func Default() *Config {
 			DedupWindow:      Duration(2 * time.Minute),
 			MaxMessageBytes:  1 << 20,
 			MaxBatch:         1000,
+		},
+		Mesh: Mesh{
+			TLS:     MeshTLS{CertTTL: Duration(24 * time.Hour)},
+			Sidecar: Sidecar{TTL: Duration(10 * time.Second)},
 		},
 	}
 }
@@ -436,6 +443,7 @@ func (c *Config) validate() []issue {
 	if c.Bus.MaxBatch < 1 || c.Bus.MaxBatch > 100000 {
 		add("bus.max_batch", "bus.max_batch must be between 1 and 100000")
 	}
+	is = append(is, c.validateMesh()...)
 	for name, t := range c.Topics {
 		p := "topics." + name
 		if !ValidTopicName(name) {

@@ -65,6 +65,10 @@ func (d *decoder) errorf(n *yaml.Node, path, format string, args ...any) {
 
 var durationType = reflect.TypeOf(Duration(0))
 
+// scalarForm is a struct that may also be written as one value, such as a
+// service instance given as just its URL.
+type scalarForm interface{ fromScalar(s string) }
+
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	for n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
 		n = n.Content[0]
@@ -94,6 +98,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		d.decode(n, v.Elem(), path)
 	case reflect.Struct:
+		if sf, ok := v.Addr().Interface().(scalarForm); ok && n.Kind == yaml.ScalarNode {
+			if s, ok := d.scalar(n, path); ok {
+				sf.fromScalar(s)
+			}
+			return
+		}
 		d.decodeStruct(n, v, path)
 	case reflect.Map:
 		d.decodeMap(n, v, path)

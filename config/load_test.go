@@ -207,6 +207,30 @@ func TestGoodFiles(t *testing.T) {
 			eq(t, "push.timeout (default)", b.Push.Timeout.D(), DefaultPushTimeout)
 			eq(t, "max_in_flight (push default)", b.MaxInFlight, DefaultMaxInFlight)
 		},
+		"mesh": func(t *testing.T, c *Config) {
+			inv := c.Services["inventory"]
+			eq(t, "inventory.instances", inv.Instances, []Instance{
+				{ID: "127_0_0_1_7001", URL: "http://127.0.0.1:7001", Weight: 1},
+				{ID: "big", URL: "http://127.0.0.1:7011", Weight: 3, Metadata: map[string]string{"zone": "b"}},
+			})
+			eq(t, "inventory.health", *inv.Health, Health{Path: "/healthz", Interval: Duration(5 * time.Second), Timeout: Duration(2 * time.Second), HealthyThreshold: 2, UnhealthyThreshold: 3})
+			eq(t, "inventory.balancer", inv.Balancer, "p2c")
+			eq(t, "inventory.outlier", inv.Outlier, Outlier{ConsecutiveFailures: 5, BaseEjection: Duration(10 * time.Second), MaxEjection: Duration(5 * time.Minute), MaxEjectedPercent: 50})
+			eq(t, "carts.balancer", c.Services["carts"].Balancer, "consistent_hash")
+			eq(t, "carts.policy (default)", c.Services["carts"].Policy, "default")
+			ps := ResolvePolicies(c.Policies)
+			std := ps["standard"]
+			eq(t, "standard.timeout", std.Timeout.D(), 2*time.Second)
+			eq(t, "standard.retry", *std.Retry, Retry{Attempts: 3, Backoff: Duration(100 * time.Millisecond), MaxBackoff: Duration(2 * time.Second), On: []int{502, 503, 504}, Budget: 0.2})
+			eq(t, "standard.circuit_breaker", *std.CircuitBreaker, CircuitBreaker{FailureRatio: 0.5, MinRequests: 20, Window: Duration(10 * time.Second), OpenFor: Duration(30 * time.Second), HalfOpenRequests: 1})
+			eq(t, "standard.max_concurrent", std.MaxConcurrent, 200)
+			// default overrides one field; the rest stays built in.
+			eq(t, "default.timeout", ps["default"].Timeout.D(), 5*time.Second)
+			eq(t, "default.max_concurrent", ps["default"].MaxConcurrent, DefaultPolicy().MaxConcurrent)
+			eq(t, "mesh.sidecar", c.Mesh.Sidecar, Sidecar{Service: "orders", App: "http://127.0.0.1:7001", TTL: Duration(10 * time.Second)})
+			eq(t, "mesh.identity", c.Mesh.NodeIdentity(), "orders")
+			eq(t, "mesh.access", c.Mesh.Access, map[string][]string{"orders": {"checkout", "gateway"}})
+		},
 		"full": func(t *testing.T, c *Config) {
 			want := &Config{
 				DataDir:         "./data",
@@ -218,6 +242,7 @@ func TestGoodFiles(t *testing.T) {
 				Storage:         Storage{Sync: "default"},
 				Tracing:         Tracing{Exporter: "otlp", Endpoint: "127.0.0.1:4318", Sample: 0.25},
 				Bus:             Bus{AutoCreateTopics: true, DedupWindow: 0, MaxMessageBytes: 7 << 20, MaxBatch: 100000},
+				Mesh:            Default().Mesh,
 				Topics: map[string]*Topic{
 					"payments": {MaxAge: Duration(24 * time.Hour), MaxBytes: 1 << 30, MaxMsgs: 1000000, Replicas: 3, DedupWindow: Duration(30 * time.Second)},
 				},

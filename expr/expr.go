@@ -46,7 +46,12 @@ func (p *Program) String() string { return p.src }
 
 // CompileBool compiles src and requires that it yields a bool (or dyn,
 // which is checked at evaluation time).
-func CompileBool(src string) (*Program, error) {
+func CompileBool(src string) (*Program, error) { return compile(src, cel.BoolType) }
+
+// Compile compiles src for any result type (a hash key, a mapped value).
+func Compile(src string) (*Program, error) { return compile(src, nil) }
+
+func compile(src string, want *cel.Type) (*Program, error) {
 	e, err := baseEnv()
 	if err != nil {
 		return nil, err
@@ -55,8 +60,8 @@ func CompileBool(src string) (*Program, error) {
 	if iss != nil && iss.Err() != nil {
 		return nil, fmt.Errorf("invalid expression: %w", iss.Err())
 	}
-	if t := ast.OutputType(); !t.IsAssignableType(cel.BoolType) && t != cel.DynType {
-		return nil, fmt.Errorf("expression must yield a bool, it yields %s", t)
+	if t := ast.OutputType(); want != nil && !t.IsAssignableType(want) && t != cel.DynType {
+		return nil, fmt.Errorf("expression must yield a %s, it yields %s", want, t)
 	}
 	prg, err := e.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(1_000_000))
 	if err != nil {
@@ -79,4 +84,17 @@ func (p *Program) EvalBool(vars map[string]any) (bool, error) {
 		return bool(b), nil
 	}
 	return false, fmt.Errorf("evaluating %q: %w (got %s)", p.src, ErrNotBool, out.Type())
+}
+
+// EvalString evaluates p and renders the result as text: strings as they
+// are, other values in CEL's own formatting (numbers, bools, bytes).
+func (p *Program) EvalString(vars map[string]any) (string, error) {
+	out, _, err := p.prg.Eval(vars)
+	if err != nil {
+		return "", fmt.Errorf("evaluating %q: %w", p.src, err)
+	}
+	if s, ok := out.(types.String); ok {
+		return string(s), nil
+	}
+	return fmt.Sprint(out.Value()), nil
 }

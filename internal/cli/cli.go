@@ -55,7 +55,7 @@ func newRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), validateCmd(stdout, stderr), publishCmd(stdin, stdout), tailCmd(stdout), versionCmd(stdout))
+	root.AddCommand(serveCmd(), validateCmd(stdout, stderr), publishCmd(stdin, stdout), tailCmd(stdout), versionCmd(stdout), caCmd(stdout))
 	return root
 }
 

@@ -10,7 +10,18 @@ import (
 // OpenAPI builds an OpenAPI 3.1 document from the mounted routes.
 func (r *Router) OpenAPI(version string) map[string]any {
 	paths := map[string]any{}
+	var routes []Route
 	for _, rt := range r.Routes() {
+		if rt.Method != AnyMethod {
+			routes = append(routes, rt)
+			continue
+		}
+		for _, m := range anyMethods {
+			rt.Method = m
+			routes = append(routes, rt)
+		}
+	}
+	for _, rt := range routes {
 		p, _ := paths[rt.Path].(map[string]any)
 		if p == nil {
 			p = map[string]any{}

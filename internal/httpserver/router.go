@@ -56,9 +56,19 @@ func NewRouter() *Router {
 	return r
 }
 
+// AnyMethod as a Route's Method matches every method (a proxy route).
+const AnyMethod = "ANY"
+
+// anyMethods are the operations OpenAPI lists for an AnyMethod route.
+var anyMethods = []string{"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
+
 // Handle mounts rt.
 func (r *Router) Handle(rt Route) {
 	r.routes = append(r.routes, rt)
+	if rt.Method == AnyMethod {
+		r.mux.Handle(rt.Path, rt.Handler)
+		return
+	}
 	r.mux.Handle(rt.Method+" "+rt.Path, rt.Handler)
 }
 

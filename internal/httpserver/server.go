@@ -71,33 +71,43 @@ type Options struct {
 	Tracer  trace.Tracer // nil records no spans
 }
 
-type statusWriter struct {
+// StatusWriter records the status a handler wrote, for metrics and logs.
+type StatusWriter struct {
 	http.ResponseWriter
 	status int
 }
 
-func (w *statusWriter) WriteHeader(s int) {
+// Code returns the status written so far (200 if only a body was, or
+// nothing yet).
+func (w *StatusWriter) Code() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
+}
+
+func (w *StatusWriter) WriteHeader(s int) {
 	if w.status == 0 {
 		w.status = s
 	}
 	w.ResponseWriter.WriteHeader(s)
 }
 
-func (w *statusWriter) Write(b []byte) (int, error) {
+func (w *StatusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
 	return w.ResponseWriter.Write(b)
 }
 
-func (w *statusWriter) Flush() {
+func (w *StatusWriter) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
 }
 
 // Unwrap lets http.ResponseController reach the real writer.
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+func (w *StatusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Wrap applies auth, tracing, metrics and logging around h. Health probes
 // stay open without a token so orchestrators can use them.
@@ -119,7 +129,7 @@ func Wrap(h http.Handler, o Options) http.Handler {
 		start := time.Now()
 		ctx := observe.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 		ctx, span := tracer.Start(ctx, r.Method+" "+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer))
-		sw := &statusWriter{ResponseWriter: w}
+		sw := &StatusWriter{ResponseWriter: w}
 		o.Metrics.inflight.Inc()
 		r = r.WithContext(ctx)
 		h.ServeHTTP(sw, r) // the mux records the matched pattern on this copy

@@ -36,6 +36,13 @@ const (
 	CodeUnavailable      Code = "unavailable"
 	CodeTimeout          Code = "timeout"
 	CodeInternal         Code = "internal"
+	CodeServiceNotFound  Code = "service_not_found"
+	CodeInstanceNotFound Code = "instance_not_found"
+	CodeNoInstance       Code = "no_instance_available"
+	CodeCircuitOpen      Code = "circuit_open"
+	CodeBulkheadFull     Code = "concurrency_limit"
+	CodeUpstream         Code = "upstream_unreachable"
+	CodeMisdirected      Code = "misdirected_request"
 )
 
 var statusOf = map[Code]int{
@@ -57,6 +64,13 @@ var statusOf = map[Code]int{
 	CodeUnavailable:      http.StatusServiceUnavailable,
 	CodeTimeout:          http.StatusGatewayTimeout,
 	CodeInternal:         http.StatusInternalServerError,
+	CodeServiceNotFound:  http.StatusNotFound,
+	CodeInstanceNotFound: http.StatusNotFound,
+	CodeNoInstance:       http.StatusServiceUnavailable,
+	CodeCircuitOpen:      http.StatusServiceUnavailable,
+	CodeBulkheadFull:     http.StatusServiceUnavailable,
+	CodeUpstream:         http.StatusBadGateway,
+	CodeMisdirected:      http.StatusMisdirectedRequest,
 }
 
 // Status returns the HTTP status that belongs to code.
