@@ -370,6 +370,20 @@ func (t *Topic) Check() []Issue {
 	return is
 }
 
+// Validate checks a config changed after loading (by command-line flags,
+// or built in Go). Its errors name config paths, as there is no file.
+func (c *Config) Validate() error {
+	is := c.validate()
+	if len(is) == 0 {
+		return nil
+	}
+	es := make(Errors, len(is))
+	for i, x := range is {
+		es[i] = Error{Path: x.Field, Msg: x.Msg}
+	}
+	return es
+}
+
 // validate checks the whole config and returns issues keyed by config path.
 func (c *Config) validate() []issue {
 	var is []issue

@@ -27,6 +27,9 @@ type Error struct {
 }
 
 func (e Error) Error() string {
+	if e.File == "" {
+		return e.Msg
+	}
 	if e.Pos.Line == 0 {
 		return fmt.Sprintf("%s: %s", e.File, e.Msg)
 	}

@@ -72,7 +72,7 @@ func loadConfig(path string) (*config.Config, error) {
 }
 
 func serveCmd() *cobra.Command {
-	var cfgPath, dataDir, listen string
+	var cfgPath, dataDir, listen, sidecarFor, app, meshListen string
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Run a Junction node (embedded NATS JetStream and SQLite unless configured otherwise)",
@@ -87,6 +87,20 @@ func serveCmd() *cobra.Command {
 			}
 			if listen != "" {
 				cfg.API.Listen = listen
+			}
+			if sidecarFor != "" || app != "" || meshListen != "" {
+				if sidecarFor != "" {
+					cfg.Mesh.Sidecar.Service = sidecarFor
+				}
+				if app != "" {
+					cfg.Mesh.Sidecar.App = app
+				}
+				if meshListen != "" {
+					cfg.Mesh.Listen = meshListen
+				}
+				if err := cfg.Validate(); err != nil {
+					return err
+				}
 			}
 			if cfg.API.Token == "" {
 				cfg.API.Token = os.Getenv("JUNCTION_API_TOKEN")
@@ -113,6 +127,9 @@ func serveCmd() *cobra.Command {
 	c.Flags().StringVarP(&cfgPath, "config", "c", "", "config file (default $JUNCTION_CONFIG, then ./junction.yaml)")
 	c.Flags().StringVar(&dataDir, "data", "", "data directory (overrides data_dir)")
 	c.Flags().StringVar(&listen, "listen", "", "API listen address (overrides api.listen)")
+	c.Flags().StringVar(&sidecarFor, "sidecar-for", "", "run as the sidecar of this service (overrides mesh.sidecar.service)")
+	c.Flags().StringVar(&app, "app", "", "the app's base URL in sidecar mode (overrides mesh.sidecar.app)")
+	c.Flags().StringVar(&meshListen, "mesh-listen", "", "mTLS listen address for calls from other nodes (overrides mesh.listen)")
 	return c
 }
 

@@ -276,6 +276,22 @@ func TestServeFailsWithOneLine(t *testing.T) {
 			want: []string{"data dir DIR/file/data", "not a directory"},
 		},
 		{
+			name: "sidecar without mesh.tls",
+			args: func(t *testing.T, dir string) []string {
+				cfg := writeFile(t, filepath.Join(dir, "junction.yaml"), "")
+				return []string{"serve", "-c", cfg, "--data", t.TempDir(), "--listen", "127.0.0.1:0", "--sidecar-for", "orders", "--app", "http://127.0.0.1:7001"}
+			},
+			want: []string{"a sidecar needs mesh.tls"},
+		},
+		{
+			name: "sidecar with a bad app URL",
+			args: func(t *testing.T, dir string) []string {
+				cfg := writeFile(t, filepath.Join(dir, "junction.yaml"), "mesh: { tls: { ca: ca.crt, ca_key: ca.key } }\n")
+				return []string{"serve", "-c", cfg, "--data", t.TempDir(), "--listen", "127.0.0.1:0", "--sidecar-for", "orders", "--app", "127.0.0.1:7001"}
+			},
+			want: []string{"mesh.sidecar.app: an instance url must be an absolute http(s) URL"},
+		},
+		{
 			name: "API port already taken",
 			args: func(t *testing.T, dir string) []string {
 				cfg := writeFile(t, filepath.Join(dir, "junction.yaml"), "")
