@@ -58,6 +58,10 @@ func TestAcknowledgedMessagesSurviveKill9(t *testing.T) {
 		defer mu.Unlock()
 		return len(acked) >= 2000
 	})
+	// A registration acknowledged just before the crash survives it too.
+	if st, _, body := testutil.Do(t, "PUT", p.URL+"/v1/services/billing/instances/b1", nil, `{"url":"http://127.0.0.1:7003","ttl":"1h"}`); st != 200 {
+		t.Fatalf("register: %d %s", st, body)
+	}
 	if err := p.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +73,9 @@ func TestAcknowledgedMessagesSurviveKill9(t *testing.T) {
 
 	p2 := testutil.StartProcess(t, nil, "serve", "--data", data, "--listen", "127.0.0.1:0")
 	c2 := client.New(p2.URL)
+	if st, _, body := testutil.Do(t, "GET", p2.URL+"/v1/services/billing", nil, ""); st != 200 || !strings.Contains(body, `"id":"b1"`) {
+		t.Fatalf("registration lost after kill -9: %d %s", st, body)
+	}
 	if _, err := c2.PutSubscription(ctx, "check", client.Subscription{Topic: "durable", Start: "all"}); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/junctionhq/junction"
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/pki"
 	"github.com/junctionhq/junction/internal/testutil"
@@ -110,4 +111,44 @@ func TestSidecarMTLSAndAccessPolicy(t *testing.T) {
 		_, ok := services(t, checkout)["orders"]
 		return !ok
 	})
+}
+
+func TestNodeCertificateFromFiles(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.InitCA(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.Issue("checkout", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "checkout.crt"), filepath.Join(dir, "checkout.key")
+	if err := pki.WriteFile(certFile, certPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ identity, wantErr string }{
+		{"checkout", ""},
+		{"billing", `the certificate's identity is "checkout", but this node's identity is "billing"`},
+	} {
+		cfg := testutil.Config(t, testutil.Embedded)
+		cfg.Mesh.Identity = tt.identity
+		cfg.Mesh.TLS = config.MeshTLS{CA: filepath.Join(dir, "ca.crt"), Cert: certFile, Key: keyFile, CertTTL: config.Duration(time.Hour)}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		n, err := junction.New(ctx(t), cfg, junction.WithLogger(testutil.Logger(t)))
+		if err == nil {
+			n.Close()
+		}
+		switch {
+		case tt.wantErr == "" && err != nil:
+			t.Errorf("identity %s: %v", tt.identity, err)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("identity %s: got %v, want an error containing %q", tt.identity, err, tt.wantErr)
+		}
+	}
 }
