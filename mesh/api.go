@@ -124,7 +124,7 @@ func errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
 		return // the caller is gone
 	}
-	problem.Write(w, r, mapError(err))
+	refuse(w, r, mapError(err))
 }
 
 func pathValue(raw string) string {

@@ -3,6 +3,7 @@ package mesh_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	jclient "github.com/junctionhq/junction/client"
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/testutil"
 	"github.com/junctionhq/junction/mesh"
@@ -354,5 +356,49 @@ func TestSlowInstanceGetsASmallShare(t *testing.T) {
 	t.Logf("slow instance share %.3f (%d of 1500); fast: %d, %d", share, slow, bs[0].hits.Load(), bs[1].hits.Load())
 	if share > 0.05 {
 		t.Errorf("the slow instance got %.1f%% of calls; round robin would give 33%%", share*100)
+	}
+}
+
+// The Go client covers the registry and invocation, and tells Junction's
+// refusals from a service's own error answers.
+func TestGoClient(t *testing.T) {
+	b := newBackend(t, "a")
+	n := nodeWith(t, nil)
+	c := n.Client
+	in, err := c.Register(ctx(t), "billing", "b1", jclient.Registration{URL: b.URL, TTL: "1m", Weight: 2})
+	if err != nil || in.ID != "b1" || in.Weight != 2 || in.Source != "registered" {
+		t.Fatalf("register: %+v %v", in, err)
+	}
+	resp, err := c.Invoke(ctx(t), "POST", "billing", "/charges", nil, strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"path":"/charges"`) {
+		t.Fatalf("invoke: %d %s", resp.StatusCode, body)
+	}
+	// The service's own 404 is an answer, not an error...
+	b.set(404, 0)
+	resp, err = c.Invoke(ctx(t), "GET", "billing", "/nope", nil, nil)
+	if err != nil || resp.StatusCode != 404 {
+		t.Fatalf("service 404: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	// ...while Junction's refusal is an *Error with its code.
+	_, err = c.Invoke(ctx(t), "GET", "nosuch", "/", nil, nil)
+	var ce *jclient.Error
+	if !errors.As(err, &ce) || ce.Code != "service_not_found" || ce.Status != 404 {
+		t.Fatalf("unknown service: %v", err)
+	}
+	ss, err := c.ListServices(ctx(t))
+	if err != nil || len(ss) != 1 || ss[0].Name != "billing" || ss[0].Instances[0].ExpiresAt == nil {
+		t.Fatalf("list: %+v %v", ss, err)
+	}
+	if err := c.Deregister(ctx(t), "billing", "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetService(ctx(t), "billing"); !errors.As(err, &ce) || ce.Code != "service_not_found" {
+		t.Fatalf("after deregistration: %v", err)
 	}
 }

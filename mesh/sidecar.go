@@ -163,13 +163,13 @@ func (sc *sidecar) serve(w http.ResponseWriter, r *http.Request) {
 	}()
 	switch {
 	case err != nil:
-		problem.Write(sw, r, problem.New(problem.CodeForbidden, "the client certificate carries no Junction identity"))
+		refuse(sw, r, problem.New(problem.CodeForbidden, "the client certificate carries no Junction identity"))
 		return
 	case r.Header.Get(ServiceHeader) != "" && r.Header.Get(ServiceHeader) != sc.service:
-		problem.Write(sw, r, problem.New(problem.CodeMisdirected, "this is a sidecar of %s, not of %s", sc.service, r.Header.Get(ServiceHeader)))
+		refuse(sw, r, problem.New(problem.CodeMisdirected, "this is a sidecar of %s, not of %s", sc.service, r.Header.Get(ServiceHeader)))
 		return
 	case !sc.allowed(caller):
-		problem.Write(sw, r, problem.New(problem.CodeForbidden, "%s may not call %s (mesh.access)", caller, sc.service))
+		refuse(sw, r, problem.New(problem.CodeForbidden, "%s may not call %s (mesh.access)", caller, sc.service))
 		return
 	}
 	if v := r.Header.Get(TimeoutHeader); v != "" {

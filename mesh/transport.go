@@ -35,7 +35,18 @@ const (
 	// CallerHeader tells the app behind a sidecar the verified identity of
 	// its caller. Junction removes any such header coming from outside.
 	CallerHeader = "Junction-Caller"
+	// ErrorHeader marks an answer as Junction's own refusal (its value is
+	// the problem code), so a caller can tell it from the service's
+	// answers, which pass through unchanged.
+	ErrorHeader = "Junction-Error"
 )
+
+// refuse writes err as Junction's own problem+json answer.
+func refuse(w http.ResponseWriter, r *http.Request, err error) {
+	p := problem.From(err)
+	w.Header().Set(ErrorHeader, string(p.Code))
+	problem.Write(w, r, p)
+}
 
 // maxReplayBody is the largest request body kept in memory so that a
 // failed attempt can be retried on another instance. Larger or unsized
