@@ -102,6 +102,11 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	if o.registry == nil {
 		o.registry = observe.NewRegistry()
 	}
+	// A config from a file was validated when loaded; one built in Go or
+	// changed by flags is checked here, before anything starts.
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if !httpserver.IsLoopback(cfg.API.Listen) && cfg.API.Token == "" {
 		return nil, httpserver.ErrTokenRequired
 	}

@@ -464,6 +464,9 @@ func (m *Mesh) check() []issue {
 		if !m.TLS.Enabled() {
 			add("mesh.sidecar", "a sidecar needs mesh.tls: calls between nodes are mTLS only")
 		}
+		if m.Identity != "" && m.Identity != sc.Service {
+			add("mesh.identity", "a sidecar's identity is its service %q (callers check it), not %q", sc.Service, m.Identity)
+		}
 		if sc.TTL < Duration(time.Second) {
 			add("mesh.sidecar.ttl", "mesh.sidecar.ttl must be at least 1s")
 		}

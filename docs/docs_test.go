@@ -1,17 +1,29 @@
 package docs_test
 
-// TestDocs runs the examples of docs/messaging.md and of the tour in
-// README.md against a real node, so the documentation cannot drift from
-// what Junction does.
+// TestDocs runs the examples of docs/messaging.md, docs/mesh.md and of the
+// tour in README.md against a real node, so the documentation cannot
+// drift from what Junction does.
 //
 // The conventions the documents follow:
 //
 //   - Every ```sh block is run, in document order, with
 //     bash -euo pipefail in a working directory shared by the blocks of one
 //     document (so `| tee batch.json` in one block can feed the next).
-//     http://127.0.0.1:4000 is rewritten to the node under test and
-//     http://127.0.0.1:7002 to a webhook receiver that answers 204, or the
-//     status NNN for any path /status/NNN.
+//     When a document's blocks run `junction`, the command on PATH is
+//     built from this module.
+//   - Addresses 127.0.0.1:PORT in the blocks and in their expected output
+//     are rewritten: 127.0.0.1:4000 to the node under test; 127.0.0.1:7002
+//     to a webhook receiver that answers 204, or the status NNN for any
+//     path /status/NNN; 127.0.0.1:7001, :7011, :7021 and :7031 to test
+//     apps (see newApp); any other port to a free port, the same one
+//     wherever the document uses it.
+//   - A ```yaml block whose first line is "# junction.yaml" is the config
+//     of the node the document runs against (the test gives it its own
+//     data dir and API address). A ```yaml block whose first line is
+//     "# NAME.yaml" is written to NAME.yaml in the working directory
+//     before the next ```sh block runs. What a block leaves running in
+//     the background is stopped (SIGTERM, then SIGKILL) when the
+//     document's test ends.
 //   - A ```json or ```text block that follows a ```sh block with nothing
 //     but blank lines between them is the output that block prints.
 //     json: the same number of JSON values, each matching as a subset
@@ -27,7 +39,7 @@ package docs_test
 //     what the webhook receives because of it: one or more requests, in
 //     order, with a subset of their headers and their body. The test waits
 //     for them (with a deadline) before it runs the next block.
-//   - Every ```yaml block of both files is a junction.yaml example that
+//   - Every ```yaml block of the files is a junction.yaml example that
 //     must load and validate.
 
 import (
@@ -38,11 +50,14 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,16 +67,21 @@ import (
 
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/testutil"
+	"github.com/junctionhq/junction/mesh"
 )
 
 // The addresses the documents use.
 const (
-	docAPI     = "http://127.0.0.1:4000"
-	docWebhook = "http://127.0.0.1:7002"
+	docAPI     = "127.0.0.1:4000"
+	docWebhook = "127.0.0.1:7002"
 )
 
+// docApps are the addresses of the test apps (service instances).
+var docApps = []string{"127.0.0.1:7001", "127.0.0.1:7011", "127.0.0.1:7021", "127.0.0.1:7031"}
+
 // wait bounds every wait for asynchronous behaviour (push deliveries,
-// tails); a healthy run needs a small fraction of it.
+// tails, nodes started in the background); a healthy run needs a small
+// fraction of it.
 const wait = 15 * time.Second
 
 func TestDocs(t *testing.T) {
@@ -75,6 +95,7 @@ func TestDocs(t *testing.T) {
 	}
 	docs := []struct{ file, section string }{
 		{"messaging.md", ""},
+		{"mesh.md", ""},
 		{"../README.md", "tour"},
 	}
 	for _, d := range docs {
@@ -90,7 +111,8 @@ func TestDocs(t *testing.T) {
 					t.Fatalf("%s: %v", d.file, err)
 				}
 			}
-			steps, err := plan(d.file, parseBlocks(text, offset))
+			blocks := parseBlocks(text, offset)
+			steps, err := plan(d.file, blocks)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -99,7 +121,6 @@ func TestDocs(t *testing.T) {
 			}
 			// Every config example of the file must load, wherever it is.
 			// Blank lines in front keep the error positions the file's.
-			noEnv := func(string) (string, bool) { return "", false }
 			for _, b := range parseBlocks(string(src), 0) {
 				if b.lang != "yaml" {
 					continue
@@ -108,10 +129,44 @@ func TestDocs(t *testing.T) {
 					t.Errorf("%s:%d: the config example does not load:\n%v", d.file, b.line, err)
 				}
 			}
-			newRunner(t).runAll(steps)
+			newRunner(t, d.file, blocks, steps).runAll(steps)
 		})
 	}
 }
+
+// TestConfigurationExamples loads every config example of
+// docs/configuration.md, except those the page shows being refused (a
+// ```yaml block followed by the errors junction validate prints), with
+// the secrets its examples read from the environment set.
+func TestConfigurationExamples(t *testing.T) {
+	secrets := map[string]string{"DB_PASSWORD": "secret", "BILLING_TOKEN": "secret"}
+	env := func(k string) (string, bool) { v, ok := secrets[k]; return v, ok }
+	const file = "configuration.md"
+	src, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := parseBlocks(string(src), 0)
+	checked := 0
+	for i, b := range blocks {
+		if b.lang != "yaml" {
+			continue
+		}
+		if i+1 < len(blocks) && blocks[i+1].adjacent && blocks[i+1].lang == "text" &&
+			strings.HasPrefix(blocks[i+1].text, "$ junction validate") && !strings.Contains(blocks[i+1].text, ": ok") {
+			continue
+		}
+		checked++
+		if _, err := config.Parse(file, []byte(strings.Repeat("\n", b.line)+b.text), env); err != nil {
+			t.Errorf("%s:%d: the config example does not load:\n%v", file, b.line, err)
+		}
+	}
+	if checked == 0 {
+		t.Fatalf("%s: no config examples found", file)
+	}
+}
+
+func noEnv(string) (string, bool) { return "", false }
 
 // ---- markdown ----
 
@@ -178,19 +233,37 @@ func section(md, word string) (string, int, error) {
 type step struct {
 	where  string
 	script string
+	files  []block // "# NAME.yaml" blocks to write before it runs
 	want   *block  // json or text output
 	hooks  []block // http: webhook deliveries it causes
+}
+
+var fileLine = regexp.MustCompile(`^# ([A-Za-z0-9_.-]+\.yaml)\s*$`)
+
+// fileName returns the file a yaml block names in its first line, if any.
+func fileName(b block) string {
+	first, _, _ := strings.Cut(b.text, "\n")
+	if m := fileLine.FindStringSubmatch(first); m != nil {
+		return m[1]
+	}
+	return ""
 }
 
 // plan groups blocks into steps.
 func plan(file string, blocks []block) (steps []*step, err error) {
 	var cur *step
+	var files []block
 	for _, b := range blocks {
 		b.where = fmt.Sprintf("%s:%d", file, b.line)
 		switch b.lang {
 		case "sh":
-			cur = &step{where: b.where, script: b.text}
+			cur = &step{where: b.where, script: b.text, files: files}
+			files = nil
 			steps = append(steps, cur)
+		case "yaml":
+			if name := fileName(b); name != "" && name != "junction.yaml" {
+				files = append(files, b)
+			}
 		case "json", "text":
 			if cur != nil && b.adjacent && cur.want == nil && len(cur.hooks) == 0 {
 				bb := b
@@ -203,27 +276,107 @@ func plan(file string, blocks []block) (steps []*step, err error) {
 			cur.hooks = append(cur.hooks, b)
 		}
 	}
+	if len(files) > 0 {
+		return nil, fmt.Errorf("%s:%d: the file %s is written for no example after it", file, files[0].line, fileName(files[0]))
+	}
 	return steps, nil
 }
 
 // ---- running ----
 
 type runner struct {
-	t    *testing.T
-	dir  string
-	repl *strings.Replacer
-	hook *receiver
+	t     *testing.T
+	dir   string
+	addrs *addresses
+	hook  *receiver
+	path  string // PATH of the examples
+	pgids []int  // process groups of the blocks run
 }
 
-func newRunner(t *testing.T) *runner {
+var junctionCommand = regexp.MustCompile(`(?m)^\s*junction\s`)
+
+func newRunner(t *testing.T, file string, blocks []block, steps []*step) *runner {
 	hook := newReceiver(t)
-	node := testutil.Start(t, testutil.Config(t, testutil.Embedded))
-	return &runner{
-		t:    t,
-		dir:  t.TempDir(),
-		repl: strings.NewReplacer(docAPI, node.URL, docWebhook, hook.srv.URL),
-		hook: hook,
+	addrs := &addresses{m: map[string]string{docWebhook: hostPort(hook.srv.URL)}}
+	for _, a := range docApps {
+		addrs.m[a] = hostPort(newApp(t).URL)
 	}
+	cfg := testutil.Config(t, testutil.Embedded)
+	for _, b := range blocks {
+		if b.lang != "yaml" || fileName(b) != "junction.yaml" {
+			continue
+		}
+		// The document's own node config, on the test's addresses.
+		c, err := config.Parse(file, []byte(strings.Repeat("\n", b.line)+addrs.rewrite(b.text)), noEnv)
+		if err != nil {
+			t.Fatalf("%s:%d: %v", file, b.line, err)
+		}
+		c.DataDir, c.API.Listen, c.ShutdownTimeout = cfg.DataDir, cfg.API.Listen, cfg.ShutdownTimeout
+		cfg = c
+	}
+	node := testutil.Start(t, cfg)
+	addrs.m[docAPI] = node.Addr()
+	awaitHealthChecks(t, node)
+	r := &runner{t: t, dir: t.TempDir(), addrs: addrs, hook: hook, path: os.Getenv("PATH")}
+	for _, s := range steps {
+		if junctionCommand.MatchString(s.script) {
+			r.path = filepath.Dir(testutil.Binary(t)) + string(os.PathListSeparator) + r.path
+			break
+		}
+	}
+	// Registered after the node's cleanup, so it runs before it: nodes a
+	// block started in the background stop while the node still runs.
+	t.Cleanup(r.stopBackground)
+	return r
+}
+
+func hostPort(u string) string { return strings.TrimPrefix(u, "http://") }
+
+// awaitHealthChecks waits until the node has checked every static instance
+// once, as it does right after it starts, so that the examples see the
+// health a node shows a moment after its start.
+func awaitHealthChecks(t *testing.T, node *testutil.Node) {
+	checked := func() bool {
+		for _, s := range node.Mesh().Services() {
+			if sc := node.Config.Services[s.Name]; sc == nil || sc.Health == nil {
+				continue
+			}
+			for _, in := range s.Instances {
+				if in.Health == mesh.HealthUnknown {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	testutil.Eventually(t, wait, "the first health checks", checked)
+}
+
+// addresses maps the documents' 127.0.0.1:PORT addresses to the test's.
+type addresses struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+var addrRe = regexp.MustCompile(`127\.0\.0\.1:[0-9]{2,5}\b`)
+
+// rewrite replaces every address of s.
+func (a *addresses) rewrite(s string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return addrRe.ReplaceAllStringFunc(s, func(addr string) string {
+		if r, ok := a.m[addr]; ok {
+			return r
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		r := l.Addr().String()
+		_ = l.Close()
+		a.m[addr] = r
+		return r
+	})
 }
 
 func (r *runner) runAll(steps []*step) {
@@ -241,28 +394,123 @@ func (r *runner) command(ctx context.Context, script string) *exec.Cmd {
 	cmd.Dir = r.dir
 	// A clean environment: no proxy settings or curlrc can change what
 	// the examples do.
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + r.dir, "LC_ALL=C"}
+	cmd.Env = []string{"PATH=" + r.path, "HOME=" + r.dir, "LC_ALL=C"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
 	return cmd
 }
 
+// start starts cmd and remembers its process group, which outlives it
+// when the block leaves something running in the background.
+func (r *runner) start(cmd *exec.Cmd) error {
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	r.pgids = append(r.pgids, cmd.Process.Pid)
+	return nil
+}
+
+// forget drops the process group of a finished block unless it left
+// something running, so that a group id the system reuses later is never
+// signalled.
+func (r *runner) forget(cmd *exec.Cmd) {
+	if pid := cmd.Process.Pid; !groupAlive(pid) {
+		r.pgids = slices.DeleteFunc(r.pgids, func(g int) bool { return g == pid })
+	}
+}
+
+// stopBackground stops what the blocks left running: SIGTERM first, so
+// that a node shuts down as it should, then SIGKILL.
+func (r *runner) stopBackground() {
+	for _, g := range r.pgids {
+		if groupAlive(g) {
+			_ = syscall.Kill(-g, syscall.SIGTERM)
+		}
+	}
+	deadline := time.Now().Add(wait)
+	for _, g := range r.pgids {
+		for groupAlive(g) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if groupAlive(g) {
+			_ = syscall.Kill(-g, syscall.SIGKILL)
+		}
+	}
+}
+
+// groupAlive reports whether a process group has a member that is not a
+// zombie (an orphan may stay one when nothing reaps it).
+func groupAlive(pgid int) bool {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...; comm may hold spaces.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		fs := strings.Fields(string(b[i+1:]))
+		if len(fs) > 2 && fs[0] != "Z" && fs[2] == strconv.Itoa(pgid) {
+			return true
+		}
+	}
+	return false
+}
+
+// logs returns the end of every *.log file in the working directory, the
+// output of nodes that blocks run in the background.
+func (r *runner) logs() string {
+	files, _ := filepath.Glob(filepath.Join(r.dir, "*.log"))
+	var b strings.Builder
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		if len(data) > 4000 {
+			data = data[len(data)-4000:]
+		}
+		fmt.Fprintf(&b, "\n%s:\n%s", filepath.Base(f), data)
+	}
+	return b.String()
+}
+
+// curlCommand is one curl command line, continuation lines joined.
+var curlCommand = regexp.MustCompile(`curl [^\n]*`)
+
+// unchecked counts the curl commands of a script that neither fail on an
+// error answer (--fail-with-body) nor print the status they got.
+func unchecked(script string) int {
+	n := 0
+	for _, c := range curlCommand.FindAllString(strings.ReplaceAll(script, "\\\n", " "), -1) {
+		if !strings.Contains(c, "--fail-with-body") && !strings.Contains(c, "%{http_code}") {
+			n++
+		}
+	}
+	return n
+}
+
 func (r *runner) run(s *step) {
 	t := r.t
 	t.Helper()
 	// Addresses in expected output are the rewritten ones too.
-	script := r.repl.Replace(s.script)
+	script := r.addrs.rewrite(s.script)
 	if s.want != nil {
 		w := *s.want
-		w.text = r.repl.Replace(w.text)
+		w.text = r.addrs.rewrite(w.text)
 		s.want = &w
 	}
 	// Examples that expect success say so with --fail-with-body, so that
-	// an error answer fails them; the others must show the error.
-	if strings.Count(s.script, "curl ") > strings.Count(s.script, "--fail-with-body") &&
-		!strings.Contains(s.script, "/tail") && (s.want == nil || !strings.Contains(s.want.text, `"code":`)) {
+	// an error answer fails them; the others must show the error or the
+	// status they got.
+	if unchecked(s.script) > 0 && !strings.Contains(s.script, "/tail") && (s.want == nil || !strings.Contains(s.want.text, `"code":`)) {
 		t.Fatalf("%s: a curl without --fail-with-body must be followed by the error it prints", s.where)
+	}
+	for _, f := range s.files {
+		if err := os.WriteFile(filepath.Join(r.dir, fileName(f)), []byte(r.addrs.rewrite(f.text)), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if strings.Contains(script, "/tail") {
 		r.stream(s, script)
@@ -272,17 +520,22 @@ func (r *runner) run(s *step) {
 		var stdout, stderr bytes.Buffer
 		cmd := r.command(ctx, script)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("%s: the example failed (%v)\n%s\nstdout:\n%s\nstderr:\n%s", s.where, err, s.script, stdout.String(), stderr.String())
+		err := r.start(cmd)
+		if err == nil {
+			err = cmd.Wait()
+			r.forget(cmd)
+		}
+		if err != nil {
+			t.Fatalf("%s: the example failed (%v)\n%s\nstdout:\n%s\nstderr:\n%s%s", s.where, err, s.script, stdout.String(), stderr.String(), r.logs())
 		}
 		if s.want != nil {
 			if err := matchOutput(s.want, stdout.String(), false); err != nil {
-				t.Fatalf("%s: the example printed something else than %s shows: %v\n%s\nprinted:\n%s", s.where, s.want.where, err, s.script, stdout.String())
+				t.Fatalf("%s: the example printed something else than %s shows: %v\n%s\nprinted:\n%s%s", s.where, s.want.where, err, s.script, stdout.String(), r.logs())
 			}
 		}
 	}
 	for _, h := range s.hooks {
-		reqs, err := parseRequests(r.repl.Replace(h.text))
+		reqs, err := parseRequests(r.addrs.rewrite(h.text))
 		if err != nil {
 			t.Fatalf("%s: %v", h.where, err)
 		}
@@ -306,11 +559,12 @@ func (r *runner) stream(s *step, script string) {
 	var stderr bytes.Buffer
 	cmd := r.command(ctx, script)
 	cmd.Stdout, cmd.Stderr = out, &stderr
-	if err := cmd.Start(); err != nil {
+	if err := r.start(cmd); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	defer r.forget(cmd)
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
@@ -465,6 +719,67 @@ func (rc *receiver) dump() string {
 		return "(nothing)\n"
 	}
 	return b.String()
+}
+
+// ---- the test apps ----
+
+// newApp starts a test app: an instance of a service. It answers every
+// request with a JSON object naming itself (its address, as "instance")
+// and echoing the method, path, query, body (as JSON when it is JSON) and
+// Junction-Caller header (as "caller"); /headers adds the request headers
+// (lower-case names), /status/NNN answers with the status NNN, and
+// /sleep/DURATION answers after that long. /healthz answers 200.
+func newApp(t *testing.T) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if req.URL.Path == "/healthz" {
+			_, _ = io.WriteString(w, `{"status":"ok"}`)
+			return
+		}
+		body, _ := io.ReadAll(req.Body)
+		self, _ := req.Context().Value(http.LocalAddrContextKey).(net.Addr)
+		out := map[string]any{"method": req.Method, "path": req.URL.Path}
+		if self != nil {
+			out["instance"] = self.String()
+		}
+		if req.URL.RawQuery != "" {
+			out["query"] = req.URL.RawQuery
+		}
+		if len(body) > 0 {
+			out["body"] = string(body)
+			if json.Valid(body) {
+				out["body"] = json.RawMessage(body)
+			}
+		}
+		if c := req.Header.Get("Junction-Caller"); c != "" {
+			out["caller"] = c
+		}
+		code := http.StatusOK
+		switch rest, _ := strings.CutPrefix(req.URL.Path, "/"); {
+		case rest == "headers":
+			h := map[string]string{}
+			for k, v := range req.Header {
+				h[strings.ToLower(k)] = strings.Join(v, ", ")
+			}
+			out["headers"] = h
+		case strings.HasPrefix(rest, "status/"):
+			if m := statusPath.FindStringSubmatch(req.URL.Path); m != nil {
+				code, _ = strconv.Atoi(m[1])
+			}
+		case strings.HasPrefix(rest, "sleep/"):
+			if d, err := time.ParseDuration(strings.TrimPrefix(rest, "sleep/")); err == nil {
+				select {
+				case <-time.After(d):
+				case <-req.Context().Done():
+					return
+				}
+			}
+		}
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(out)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 // wantRequest is one request of an ```http block.
@@ -793,6 +1108,21 @@ func TestMatchers(t *testing.T) {
 	must(reqs[0].match(d) == nil, "request matches")
 	d.header.Set("Ce-Id", "z")
 	must(reqs[0].match(d) != nil, "header mismatch")
+
+	must(unchecked("curl -sS --fail-with-body http://a \\\n  -d x\ncurl -sS -o /dev/null -w '%{http_code}' http://b\n") == 0, "checked curls")
+	must(unchecked("curl -sS http://a \\\n  -d x | jq .\n") == 1, "a curl that shows no error")
+
+	a := &addresses{m: map[string]string{"127.0.0.1:4000": "127.0.0.1:1"}}
+	out := a.rewrite("http://127.0.0.1:4000/x nats://127.0.0.1:4222 127.0.0.1:4222 127.0.0.1:...")
+	f := strings.Fields(out)
+	must(f[0] == "http://127.0.0.1:1/x", "a known address is rewritten")
+	must(f[1] != "nats://127.0.0.1:4222" && strings.TrimPrefix(f[1], "nats://") == f[2], "another address becomes one free port")
+	must(f[3] == "127.0.0.1:...", "a pattern is left alone")
+
+	steps, err := plan("x.md", parseBlocks("```yaml\n# junction.yaml\n```\n```yaml\n# a.yaml\nk: v\n```\n```sh\ntrue\n```\n", 0))
+	if err != nil || len(steps) != 1 || len(steps[0].files) != 1 || fileName(steps[0].files[0]) != "a.yaml" {
+		t.Fatalf("plan with files: %+v %v", steps, err)
+	}
 
 	bs := parseBlocks("x\n```sh\necho\n```\n\n```json\n{}\n```\ntext\n```json\n{}\n```\n", 0)
 	if len(bs) != 3 || !bs[1].adjacent || bs[2].adjacent || bs[0].line != 2 {
