@@ -59,7 +59,7 @@ func TestAcknowledgedMessagesSurviveKill9(t *testing.T) {
 		return len(acked) >= 2000
 	})
 	// A registration acknowledged just before the crash survives it too.
-	if st, _, body := testutil.Do(t, "PUT", p.URL+"/v1/services/billing/instances/b1", nil, `{"url":"http://127.0.0.1:7003","ttl":"1h"}`); st != 200 {
+	if st, _, body := testutil.Do(t, "PUT", p.URL+"/v1/services/billing/instances/b1", nil, `{"url":"http://127.0.0.1:7003","ttl":"1h"}`); st != 201 {
 		t.Fatalf("register: %d %s", st, body)
 	}
 	if err := p.Cmd.Process.Signal(syscall.SIGKILL); err != nil {

@@ -419,3 +419,6 @@ func (c *Client) Tail(ctx context.Context, topic, from string, fn func(Message) 
 	}
 	return sc.Err()
 }
+
+// CloseIdleConnections closes the client's idle keep-alive connections.
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }

@@ -26,7 +26,7 @@ func (a *API) Routes() []httpserver.Route {
 	return []httpserver.Route{
 		{Method: "GET", Path: "/v1/services", Tag: tag, Summary: "List services with every instance and its health", Response: arrayOf(serviceSchema), Handler: a.list},
 		{Method: "GET", Path: "/v1/services/{service}", Tag: tag, Summary: "Get one service with its instances and health", Response: serviceSchema, Handler: a.get},
-		{Method: "PUT", Path: "/v1/services/{service}/instances/{id}", Tag: tag, Summary: "Register an instance, or renew its registration (heartbeat)", Request: registrationSchema, Response: instanceSchema, Handler: a.register},
+		{Method: "PUT", Path: "/v1/services/{service}/instances/{id}", Tag: tag, Summary: "Register an instance (201), or renew its registration (200, a heartbeat)", Status: 201, Request: registrationSchema, Response: instanceSchema, Handler: a.register},
 		{Method: "DELETE", Path: "/v1/services/{service}/instances/{id}", Tag: tag, Summary: "Deregister an instance", Status: 204, Handler: a.deregister},
 		{Method: httpserver.AnyMethod, Path: "/v1/invoke/{service}/{path...}", Tag: tag, Summary: "Call an instance of a service chosen by the load balancer, under the service's resilience policy; status, headers and body pass through", Handler: a.invoke},
 	}
@@ -52,6 +52,14 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	svc, id := r.PathValue("service"), r.PathValue("id")
+	status := http.StatusCreated
+	if si, err := a.Mesh.Service(svc); err == nil {
+		for _, in := range si.Instances {
+			if in.ID == id {
+				status = http.StatusOK // a heartbeat
+			}
+		}
+	}
 	if err := a.Mesh.Register(r.Context(), svc, id, reg); err != nil {
 		problem.Write(w, r, err)
 		return
@@ -60,14 +68,14 @@ func (a *API) register(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		for _, in := range si.Instances {
 			if in.ID == id {
-				httpserver.WriteJSON(w, http.StatusOK, in)
+				httpserver.WriteJSON(w, status, in)
 				return
 			}
 		}
 	}
 	// Expired between the PUT and now (a TTL shorter than the clock skew
 	// between this node and NATS): say what was stored.
-	httpserver.WriteJSON(w, http.StatusOK, InstanceInfo{ID: id, URL: reg.URL, Source: SourceRegistered, Weight: reg.Weight, Health: HealthUnknown})
+	httpserver.WriteJSON(w, status, InstanceInfo{ID: id, URL: reg.URL, Source: SourceRegistered, Weight: reg.Weight, Health: HealthUnknown})
 }
 
 func (a *API) deregister(w http.ResponseWriter, r *http.Request) {
@@ -96,9 +104,12 @@ func (m *Mesh) newProxy() *httputil.ReverseProxy {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			svc := pr.In.PathValue("service")
 			// The raw path keeps the caller's escaping (%2F stays %2F).
-			rest := strings.TrimPrefix(pr.In.URL.EscapedPath(), "/v1/invoke/"+svc)
-			if rest == "" {
-				rest = "/"
+			// What follows the third segment is sent on, however the
+			// caller escaped /v1/invoke/{service} (the router unescapes
+			// it to match, so a prefix comparison would miss).
+			rest := "/"
+			if seg := strings.SplitN(pr.In.URL.EscapedPath(), "/", 5); len(seg) == 5 {
+				rest += seg[4]
 			}
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", svc
 			pr.Out.URL.RawPath = rest
@@ -112,10 +123,18 @@ func (m *Mesh) newProxy() *httputil.ReverseProxy {
 			}
 			pr.Out.Header.Del(CallerHeader)
 		},
-		Transport:     m,
-		BufferPool:    bufferPool{},
-		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
-		ErrorHandler:  errorHandler,
+		Transport:  m,
+		BufferPool: bufferPool{},
+		ErrorLog:   slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() != nil {
+				return // the caller is gone
+			}
+			// r is the outgoing request: name the caller's path again.
+			p := problem.From(mapError(err))
+			p.Instance = "/v1/invoke/" + r.URL.Host + r.URL.EscapedPath()
+			refuse(w, r, p)
+		},
 		FlushInterval: -1,
 	}
 }

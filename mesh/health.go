@@ -115,15 +115,31 @@ func (m *Mesh) outcome(s *service, in *instance, failed bool) {
 	in.failures++
 	trip := in.failures >= o.ConsecutiveFailures && !now.Before(in.ejectedUntil)
 	in.mu.Unlock()
-	if !trip || !m.mayEject(s, now) {
+	if !trip {
+		return
+	}
+	// One decision at a time per service: the calls in flight to an
+	// instance that just died fail together, and must neither eject it
+	// several times over (each time longer) nor, across instances,
+	// together eject more than max_ejected_percent.
+	s.ejectMu.Lock()
+	if !m.mayEject(s, now) {
+		s.ejectMu.Unlock()
 		return
 	}
 	in.mu.Lock()
+	if now.Before(in.ejectedUntil) || in.failures < o.ConsecutiveFailures {
+		// Ejected by a concurrent failure, or a success came in between.
+		in.mu.Unlock()
+		s.ejectMu.Unlock()
+		return
+	}
 	in.failures = 0
 	in.ejections++
 	d := min(o.BaseEjection.D()*time.Duration(in.ejections), o.MaxEjection.D())
 	in.ejectedUntil = now.Add(d)
 	in.mu.Unlock()
+	s.ejectMu.Unlock()
 	m.metrics.ejections.WithLabelValues(s.name, in.id).Inc()
 	m.log.Warn("instance ejected", "service", s.name, "instance", in.id, "url", in.raw, "for", d)
 }

@@ -95,6 +95,9 @@ func New(ctx context.Context, o Options) (*Mesh, error) {
 		}
 	}
 	m.plain, m.secure = m.transports()
+	if o.Mesh.Listen != "" && o.Mesh.Sidecar.Service == "" {
+		m.log.Warn("mesh.listen is unused: the mTLS listener serves sidecar mode only (mesh.sidecar or --sidecar-for)")
+	}
 	if m.kv, err = o.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: o.Prefix + "_services", Description: "Junction service registry", History: 1, Storage: jetstream.FileStorage,
 	}); err != nil {
@@ -299,16 +302,23 @@ func (m *Mesh) apply(e jetstream.KeyValueEntry) {
 		m.log.Warn("ignoring an invalid registry entry", "key", e.Key(), "error", err)
 		return
 	}
-	m.applyPut(svc, id, r, e.Revision(), e.Created())
+	if !m.applyPut(svc, id, r, e.Revision(), e.Created()) {
+		// Expired while no node was watching: delete it, unless renewed.
+		ctx, cancel := context.WithTimeout(m.ctx, 2*time.Second)
+		_ = m.kv.Delete(ctx, e.Key(), jetstream.LastRevision(e.Revision()))
+		cancel()
+	}
 }
 
-// applyPut adds or renews a registered instance. The registry's clock
-// (the entry's server timestamp, from the watch) dates a heartbeat, so
-// expiry agrees across nodes whose clocks differ.
-func (m *Mesh) applyPut(svc, id string, r registration, rev uint64, created time.Time) {
+// applyPut adds or renews a registered instance; it reports false when
+// the registration has expired already. The registry server's timestamp
+// (from the watch) dates a heartbeat, so every node agrees on when it
+// happened; each compares that with its own clock, so a node whose clock
+// is off from the NATS server's expires registrations off by as much.
+func (m *Mesh) applyPut(svc, id string, r registration, rev uint64, created time.Time) bool {
 	expires := created.Add(r.TTL.D())
 	if !m.clock.Now().Before(expires) {
-		return
+		return false
 	}
 	s := m.service(svc)
 	in, _ := m.upsert(s, id, r.URL, r.Weight, SourceRegistered, r.MTLS, r.Metadata)
@@ -320,6 +330,7 @@ func (m *Mesh) applyPut(svc, id string, r registration, rev uint64, created time
 		}
 	}
 	in.mu.Unlock()
+	return true
 }
 
 // dropRegistered removes a registered instance (rev 0: whatever revision).

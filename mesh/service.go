@@ -31,6 +31,8 @@ type service struct {
 	instances map[string]*instance
 	snap      atomic.Pointer[[]*instance] // sorted by id; replaced on every change
 	checkers  map[string]func()           // instance id -> stop its health check
+
+	ejectMu sync.Mutex // serialises passive ejection decisions
 }
 
 func (m *Mesh) newService(name string, cfg config.Service, declared bool) *service {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/pki"
+	"github.com/junctionhq/junction/internal/problem"
 )
 
 // identity is this node's mesh certificate and the CA it trusts. With the
@@ -114,7 +115,7 @@ func (m *Mesh) transports() (plain, secure *http.Transport) {
 	secure = base.Clone()
 	secure.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if m.tls == nil {
-			return nil, fmt.Errorf("instance at %s is an mTLS sidecar, but this node has no mesh.tls", addr)
+			return nil, problem.New(problem.CodeUpstream, "the instance at %s is an mTLS sidecar, but this node has no mesh.tls", addr)
 		}
 		d := tls.Dialer{NetDialer: dialer, Config: m.tls.client(peerOf(ctx))}
 		return d.DialContext(ctx, network, addr)

@@ -138,6 +138,7 @@ func (m *Mesh) call(s *service, req *http.Request) (*http.Response, error) {
 		if release, err = s.bulkhead.Acquire(); err != nil {
 			closeBody(req)
 			m.metrics.rejected.WithLabelValues(s.name, "concurrency_limit").Inc()
+			m.metrics.requests.WithLabelValues(s.name, string(problem.CodeBulkheadFull)).Inc()
 			p := problem.New(problem.CodeBulkheadFull, "service %s has %d calls in flight, its limit", s.name, s.policy.MaxConcurrent)
 			p.RetryAfter = time.Second
 			return nil, p
@@ -150,6 +151,7 @@ func (m *Mesh) call(s *service, req *http.Request) (*http.Response, error) {
 			release()
 			closeBody(req)
 			m.metrics.rejected.WithLabelValues(s.name, "circuit_open").Inc()
+			m.metrics.requests.WithLabelValues(s.name, string(problem.CodeCircuitOpen)).Inc()
 			p := problem.New(problem.CodeCircuitOpen, "the circuit breaker of service %s is open", s.name)
 			var oe *resilience.OpenError
 			if errors.As(err, &oe) {
@@ -257,7 +259,12 @@ func (c *callState) run() (*http.Response, error) {
 				tried = append(tried, in)
 				attempt--
 				if skips++; skips > len(s.all()) {
-					return nil, problem.New(problem.CodeCircuitOpen, "every instance of service %s has an open circuit breaker", s.name)
+					p := problem.New(problem.CodeCircuitOpen, "every instance of service %s has an open circuit breaker", s.name)
+					var oe *resilience.OpenError
+					if errors.As(err, &oe) {
+						p.RetryAfter = max(oe.RetryAfter, time.Second)
+					}
+					return nil, p
 				}
 				continue
 			}
@@ -270,18 +277,28 @@ func (c *callState) run() (*http.Response, error) {
 		}
 		resp, err := c.attempt(in, attempt, rc)
 		failed := err != nil || resp.StatusCode >= 500
-		again := attempt < attempts && c.ctx.Err() == nil && c.retryable(resp, err, b, replayable)
-		if again && !s.budget.Retry() {
-			m.metrics.rejected.WithLabelValues(s.name, "retry_budget").Inc()
-			again = false
-		}
-		if again {
-			drain(resp)
+		if attempt < attempts && c.ctx.Err() == nil && c.retryable(resp, err, b, replayable) {
+			// The attempt ends here: its outcome (which may open the
+			// instance's breaker or eject it) decides where a retry can go.
 			in.inflight.Add(-1)
 			instDone(!failed)
 			m.outcome(s, in, failed)
-			m.metrics.retries.WithLabelValues(s.name).Inc()
 			tried = append(tried, in)
+			again := len(s.candidates(m.clock.Now(), tried, buf[:0])) > 0
+			if again && !s.budget.Retry() {
+				m.metrics.rejected.WithLabelValues(s.name, "retry_budget").Inc()
+				again = false
+			}
+			if !again {
+				// The caller gets this answer as the service gave it,
+				// not one made up for want of an instance to retry on.
+				if err != nil {
+					return nil, mapError(err)
+				}
+				return c.respond(resp, in, func() {}), nil
+			}
+			drain(resp)
+			m.metrics.retries.WithLabelValues(s.name).Inc()
 			if err != nil {
 				lastErr = err
 			} else {
@@ -300,18 +317,26 @@ func (c *callState) run() (*http.Response, error) {
 			}
 			return nil, mapError(err)
 		}
-		status := resp.StatusCode
-		done := func() {
+		return c.respond(resp, in, func() {
 			in.inflight.Add(-1)
 			instDone(!failed || c.req.Context().Err() != nil)
 			m.outcome(s, in, failed)
-			m.metrics.instanceRequests.WithLabelValues(s.name, in.id, strconv.Itoa(status)).Inc()
-			c.finish(status, nil)
-		}
-		m.metrics.duration.WithLabelValues(s.name).Observe(m.clock.Now().Sub(c.start).Seconds())
-		resp.Body = wrapBody(resp, done)
-		return resp, nil
+		}), nil
 	}
+}
+
+// respond hands the caller an instance's answer. The call ends when its
+// body is closed or read to the end: then settle records the attempt's
+// outcome (unless already done), and the call is counted and released.
+func (c *callState) respond(resp *http.Response, in *instance, settle func()) *http.Response {
+	m, s, status := c.m, c.s, resp.StatusCode
+	m.metrics.duration.WithLabelValues(s.name).Observe(m.clock.Now().Sub(c.start).Seconds())
+	resp.Body = wrapBody(resp, func() {
+		settle()
+		m.metrics.instanceRequests.WithLabelValues(s.name, in.id, strconv.Itoa(status)).Inc()
+		c.finish(status, nil)
+	})
+	return resp
 }
 
 // retryable says whether a failed attempt may be sent again. A connection
@@ -324,8 +349,9 @@ func (c *callState) retryable(resp *http.Response, err error, b body, replayable
 		if errors.As(err, &op) && op.Op == "dial" {
 			return true
 		}
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return false
+		var p *problem.Problem
+		if errors.As(err, &p) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return false // Junction's own refusal, or out of time: another try gives the same
 		}
 		return replayable && (b.stream == nil || !b.stream.read.Load())
 	}
@@ -458,7 +484,11 @@ func requestVars(r *http.Request) map[string]any {
 	for k, v := range r.URL.Query() {
 		q[k] = strings.Join(v, ",")
 	}
-	return map[string]any{"method": r.Method, "path": r.URL.Path, "headers": h, "query": q, "host": r.Host}
+	host := r.Host
+	if host == "" { // a proxied call: the caller's Host is forwarded
+		host = r.Header.Get("X-Forwarded-Host")
+	}
+	return map[string]any{"method": r.Method, "path": r.URL.Path, "headers": h, "query": q, "host": host}
 }
 
 func joinPath(a, b string) string {

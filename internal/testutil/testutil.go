@@ -109,6 +109,10 @@ func (n *Node) Stop(t testing.TB) {
 	if n.cancel == nil {
 		return
 	}
+	// Connections a test client dialed but never used would hold the
+	// server's graceful shutdown for its full idle wait.
+	http.DefaultClient.CloseIdleConnections()
+	n.Client.CloseIdleConnections()
 	n.cancel()
 	n.cancel = nil
 	select {
