@@ -135,7 +135,7 @@ func (m *Mesh) newProxy() *httputil.ReverseProxy {
 			p.Instance = "/v1/invoke/" + r.URL.Host + r.URL.EscapedPath()
 			refuse(w, r, p)
 		},
-		FlushInterval: -1,
+		FlushInterval: 0, // streams (unknown length, event streams) are flushed at once anyway
 	}
 }
 

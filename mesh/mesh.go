@@ -24,6 +24,7 @@ import (
 
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/problem"
+	"github.com/junctionhq/junction/observe"
 	"github.com/junctionhq/junction/resilience"
 )
 
@@ -49,6 +50,7 @@ type Mesh struct {
 	log      *slog.Logger
 	clock    resilience.Clock
 	tracer   trace.Tracer
+	traced   bool // spans are recorded (tracing is on)
 	metrics  *metrics
 	policies map[string]config.Policy
 	cfg      config.Mesh
@@ -83,7 +85,7 @@ func New(ctx context.Context, o Options) (*Mesh, error) {
 		o.Clock = resilience.System
 	}
 	m := &Mesh{
-		log: o.Logger.With("component", "mesh"), clock: o.Clock, tracer: o.Tracer,
+		log: o.Logger.With("component", "mesh"), clock: o.Clock, tracer: o.Tracer, traced: observe.Recording(o.Tracer),
 		metrics: newMetrics(o.Registerer), policies: config.ResolvePolicies(o.Policies),
 		cfg: o.Mesh, token: o.APIToken, services: map[string]*service{},
 	}

@@ -75,7 +75,7 @@ func (m *Mesh) startSidecar(ctx context.Context) (*sidecar, error) {
 		BufferPool:    bufferPool{},
 		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
 		ErrorHandler:  errorHandler,
-		FlushInterval: -1,
+		FlushInterval: 0, // streams (unknown length, event streams) are flushed at once anyway
 	}
 	sc.srv = &http.Server{
 		Handler:           http.HandlerFunc(sc.serve),
@@ -152,13 +152,19 @@ func (m *Mesh) accessFor(svc string) func(string) bool {
 
 func (sc *sidecar) serve(w http.ResponseWriter, r *http.Request) {
 	m := sc.m
-	ctx := observe.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	ctx, span := m.tracer.Start(ctx, "sidecar "+sc.service, trace.WithSpanKind(trace.SpanKindServer))
-	defer span.End()
+	ctx := r.Context()
+	var span trace.Span
+	if m.traced {
+		ctx = observe.Propagator.Extract(ctx, propagation.HeaderCarrier(r.Header))
+		ctx, span = m.tracer.Start(ctx, "sidecar "+sc.service, trace.WithSpanKind(trace.SpanKindServer))
+	}
 	sw := &httpserver.StatusWriter{ResponseWriter: w}
 	caller, err := pki.PeerIdentity(r.TLS)
 	defer func() {
-		span.SetAttributes(attribute.String("junction.caller", caller), attribute.Int("http.response.status_code", sw.Code()))
+		if span != nil {
+			span.SetAttributes(attribute.String("junction.caller", caller), attribute.Int("http.response.status_code", sw.Code()))
+			span.End()
+		}
 		m.metrics.inbound.WithLabelValues(caller, strconv.Itoa(sw.Code())).Inc()
 	}()
 	switch {
@@ -182,6 +188,8 @@ func (sc *sidecar) serve(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(ctx)
 	r.Header.Del(ServiceHeader)
 	r.Header.Set(CallerHeader, caller)
-	observe.Propagator.Inject(ctx, propagation.HeaderCarrier(r.Header))
+	if m.traced {
+		observe.Propagator.Inject(ctx, propagation.HeaderCarrier(r.Header))
+	}
 	sc.proxy.ServeHTTP(sw, r)
 }

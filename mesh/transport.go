@@ -369,10 +369,21 @@ func (c *callState) retryable(resp *http.Response, err error, b body, replayable
 // attempt sends the request to one instance.
 func (c *callState) attempt(in *instance, n int, rc io.ReadCloser) (*http.Response, error) {
 	m, s, req := c.m, c.s, c.req
-	ctx, span := m.tracer.Start(c.ctx, "invoke "+s.name, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String("junction.service", s.name), attribute.String("junction.instance", in.id),
-			attribute.Int("junction.attempt", n)))
-	out := req.Clone(ctx)
+	ctx := c.ctx
+	var span trace.Span
+	if m.traced {
+		ctx, span = m.tracer.Start(ctx, "invoke "+s.name, trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.String("junction.service", s.name), attribute.String("junction.instance", in.id),
+				attribute.Int("junction.attempt", n)))
+	}
+	if in.mtls {
+		ctx = withPeer(ctx, s.name)
+	}
+	// One shallow copy per attempt, with its own URL and headers: the
+	// only parts an attempt changes.
+	out := req.WithContext(ctx)
+	u := *req.URL
+	out.URL, out.Header = &u, req.Header.Clone()
 	out.Body, out.ContentLength = rc, req.ContentLength
 	if rc == nil {
 		out.Body, out.ContentLength = nil, 0
@@ -391,24 +402,30 @@ func (c *callState) attempt(in *instance, n int, rc io.ReadCloser) (*http.Respon
 	if in.mtls {
 		rt = m.secure
 		out.Header.Set(ServiceHeader, s.name)
-		out = out.WithContext(withPeer(out.Context(), s.name))
 	}
-	observe.Propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
+	if m.traced {
+		// Without tracing the caller's traceparent is forwarded as it came.
+		observe.Propagator.Inject(ctx, propagation.HeaderCarrier(out.Header))
+	}
 	in.inflight.Add(1)
 	t0 := m.clock.Now()
 	resp, err := rt.RoundTrip(out)
 	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, err.Error())
-		span.End()
+		if span != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+			span.End()
+		}
 		return nil, err
 	}
 	in.observe(m.clock.Now(), m.clock.Now().Sub(t0))
-	span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
-	if resp.StatusCode >= 500 {
-		span.SetStatus(codes.Error, resp.Status)
+	if span != nil {
+		span.SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
+		if resp.StatusCode >= 500 {
+			span.SetStatus(codes.Error, resp.Status)
+		}
+		span.End()
 	}
-	span.End()
 	return resp, nil
 }
 

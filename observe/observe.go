@@ -47,6 +47,13 @@ func NewRegistry() *prometheus.Registry {
 // Propagator is W3C trace context plus baggage, used on every hop.
 var Propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 
+// Recording reports whether spans from tr go anywhere, so hot paths can
+// skip building them when tracing is off (the no-op tracer).
+func Recording(tr trace.Tracer) bool {
+	_, off := tr.(noop.Tracer)
+	return tr != nil && !off
+}
+
 // Tracer returns the tracer for one component ("junction/bus", ...) from
 // tp, or a no-op tracer when tp is nil.
 func Tracer(tp trace.TracerProvider, component string) trace.Tracer {

@@ -116,6 +116,7 @@ func Wrap(h http.Handler, o Options) http.Handler {
 	if tracer == nil {
 		tracer = observe.Tracer(nil, "api")
 	}
+	traced := observe.Recording(tracer)
 	token := []byte(o.Token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(token) > 0 && r.URL.Path != "/healthz" && r.URL.Path != "/readyz" {
@@ -127,8 +128,13 @@ func Wrap(h http.Handler, o Options) http.Handler {
 			}
 		}
 		start := time.Now()
+		// The caller's trace context is kept even with tracing off, so
+		// that components forward it (a publish carries it to delivery).
 		ctx := observe.Propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-		ctx, span := tracer.Start(ctx, r.Method+" "+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer))
+		var span trace.Span
+		if traced {
+			ctx, span = tracer.Start(ctx, r.Method+" "+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer))
+		}
 		sw := &StatusWriter{ResponseWriter: w}
 		o.Metrics.inflight.Inc()
 		r = r.WithContext(ctx)
@@ -143,9 +149,11 @@ func Wrap(h http.Handler, o Options) http.Handler {
 		if sw.status == 0 {
 			sw.status = http.StatusOK
 		}
-		span.SetName(r.Method + " " + route)
-		span.SetAttributes(attribute.String("http.route", route), attribute.Int("http.response.status_code", sw.status))
-		span.End()
+		if span != nil {
+			span.SetName(r.Method + " " + route)
+			span.SetAttributes(attribute.String("http.route", route), attribute.Int("http.response.status_code", sw.status))
+			span.End()
+		}
 		el := time.Since(start)
 		o.Metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Inc()
 		o.Metrics.duration.WithLabelValues(route, r.Method).Observe(el.Seconds())
