@@ -24,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/junctionhq/junction/config"
+	"github.com/junctionhq/junction/internal/kvwatch"
 	"github.com/junctionhq/junction/internal/problem"
 	"github.com/junctionhq/junction/observe"
 )
@@ -143,36 +144,10 @@ func (b *Bus) topicOfStream(name string) string {
 // need it, then follows changes made by any node.
 func (b *Bus) Start(ctx context.Context) error {
 	b.runCtx, b.stopRun = context.WithCancel(context.WithoutCancel(ctx))
-	w, err := b.subsKV.WatchAll(b.runCtx)
-	if err != nil {
-		return fmt.Errorf("watching subscriptions: %w", err)
+	// Every push subscription is running once the current state is loaded.
+	if err := kvwatch.Follow(b.runCtx, b.subsKV, &b.wg, b.reconcile); err != nil {
+		return fmt.Errorf("subscriptions: %w", err)
 	}
-	// The first batch of updates ends with a nil entry: after it the
-	// initial state is loaded and every push subscription is running.
-	for e := range w.Updates() {
-		if e == nil {
-			break
-		}
-		b.reconcile(e)
-	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		defer w.Stop()
-		for {
-			select {
-			case <-b.runCtx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e != nil {
-					b.reconcile(e)
-				}
-			}
-		}
-	}()
 	return nil
 }
 

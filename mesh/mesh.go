@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/junctionhq/junction/config"
+	"github.com/junctionhq/junction/internal/kvwatch"
 	"github.com/junctionhq/junction/internal/problem"
 	"github.com/junctionhq/junction/observe"
 	"github.com/junctionhq/junction/resilience"
@@ -124,34 +125,10 @@ func New(ctx context.Context, o Options) (*Mesh, error) {
 // Start loads the registry, follows it live, and in sidecar mode opens
 // the mTLS listener and registers the app.
 func (m *Mesh) Start(ctx context.Context) error {
-	w, err := m.kv.WatchAll(m.ctx)
-	if err != nil {
-		return fmt.Errorf("watching the service registry: %w", err)
+	if err := kvwatch.Follow(m.ctx, m.kv, &m.wg, m.apply); err != nil {
+		return fmt.Errorf("service registry: %w", err)
 	}
-	for e := range w.Updates() {
-		if e == nil {
-			break
-		}
-		m.apply(e)
-	}
-	m.wg.Add(2)
-	go func() {
-		defer m.wg.Done()
-		defer w.Stop()
-		for {
-			select {
-			case <-m.ctx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e != nil {
-					m.apply(e)
-				}
-			}
-		}
-	}()
+	m.wg.Add(1)
 	go func() { defer m.wg.Done(); m.sweep() }()
 	if m.tls != nil {
 		m.wg.Add(1)
@@ -161,9 +138,11 @@ func (m *Mesh) Start(ctx context.Context) error {
 		}()
 	}
 	if m.cfg.Sidecar.Service != "" {
-		if m.sidecar, err = m.startSidecar(ctx); err != nil {
+		sc, err := m.startSidecar(ctx)
+		if err != nil {
 			return err
 		}
+		m.sidecar = sc
 	}
 	return nil
 }
