@@ -20,9 +20,10 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/junctionhq/junction/bench/internal/procstat"
 )
 
 type result struct {
@@ -128,7 +129,7 @@ func run(url, mode string, batch, conns int, duration, warmup time.Duration, cou
 		go func() {
 			defer close(cpuTaken)
 			time.Sleep(time.Until(measureFrom))
-			cpu0 = procCPU(pid)
+			cpu0 = procstat.ProcCPU(pid)
 		}()
 	} else {
 		close(cpuTaken)
@@ -220,7 +221,7 @@ func run(url, mode string, batch, conns int, duration, warmup time.Duration, cou
 	<-cpuTaken
 	var cpu time.Duration
 	if pid > 0 {
-		cpu = procCPU(pid) - cpu0
+		cpu = procstat.ProcCPU(pid) - cpu0
 	}
 	// With -count the run may end before the window does.
 	window := time.Since(measureFrom)
@@ -259,25 +260,4 @@ func run(url, mode string, batch, conns int, duration, warmup time.Duration, cou
 	}
 	r.P50ms, r.P99ms, r.MaxMs = ms(pct(50)), ms(pct(99)), ms(lat[len(lat)-1])
 	return r, nil
-}
-
-// procCPU reads a process's user+system CPU time from /proc/PID/stat
-// (fields 14 and 15, in clock ticks of 1/100 s on Linux).
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The command name (field 2) may hold spaces; fields follow its ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
 }

@@ -37,6 +37,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/junctionhq/junction/bench/internal/procstat"
 )
 
 func main() {
@@ -481,7 +483,7 @@ type snapshot struct {
 func takeSnapshot(procs []proc) snapshot {
 	s := snapshot{at: time.Now(), self: selfCPU(), machine: machineCPU()}
 	for _, p := range procs {
-		s.procs = append(s.procs, procCPU(p.pid))
+		s.procs = append(s.procs, procstat.ProcCPU(p.pid))
 	}
 	return s
 }
@@ -513,27 +515,6 @@ func selfCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// procCPU reads a process's user+system CPU time from /proc/PID/stat
-// (fields 14 and 15, in clock ticks of 1/100 s on Linux).
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The command name (field 2) may hold spaces; fields follow its ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // machineCPU is the busy time of all CPUs from the first line of
