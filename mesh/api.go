@@ -29,6 +29,7 @@ func (a *API) Routes() []httpserver.Route {
 		{Method: "PUT", Path: "/v1/services/{service}/instances/{id}", Tag: tag, Summary: "Register an instance (201), or renew its registration (200, a heartbeat)", Status: 201, Request: registrationSchema, Response: instanceSchema, Handler: a.register},
 		{Method: "DELETE", Path: "/v1/services/{service}/instances/{id}", Tag: tag, Summary: "Deregister an instance", Status: 204, Handler: a.deregister},
 		{Method: httpserver.AnyMethod, Path: "/v1/invoke/{service}/{path...}", Tag: tag, Summary: "Call an instance of a service chosen by the load balancer, under the service's resilience policy; status, headers and body pass through", Handler: a.invoke},
+		{Method: httpserver.AnyMethod, Path: "/v1/invoke/{service}", Tag: tag, Summary: "Call the root path of a service (as /v1/invoke/{service}/)", Handler: a.invoke},
 	}
 }
 

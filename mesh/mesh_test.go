@@ -168,6 +168,13 @@ func TestInvokePassesThrough(t *testing.T) {
 	if d, err := time.ParseDuration(bh.Get(mesh.TimeoutHeader)); err != nil || d > 2*time.Second || d < time.Second {
 		t.Errorf("%s = %q, want a little under 2s", mesh.TimeoutHeader, bh.Get(mesh.TimeoutHeader))
 	}
+	// The service's root, with or without the trailing slash.
+	for _, p := range []string{"/v1/invoke/orders", "/v1/invoke/orders/"} {
+		st, _, body := testutil.Do(t, "GET", n.URL+p, auth, "")
+		if st != 200 || !strings.Contains(body, `"path":"/"`) {
+			t.Errorf("GET %s: %d %s", p, st, body)
+		}
+	}
 	// A status passes through as it is, and so does a 404 from the app.
 	b.set(404, 0)
 	if st, _, _ := testutil.Do(t, "GET", n.URL+"/v1/invoke/orders/x", auth, ""); st != 404 {
