@@ -1,0 +1,547 @@
+// Package jetstream is an event store backend on NATS JetStream. It needs
+// only features of NATS 2.9 (no atomic batch publish).
+//
+// Layout, for a prefix P:
+//
+//   - Stream P_events, subjects P.es.>: one message per append (a commit) on
+//     P.es.<category>.<stream>, tokens being the base64url (no padding) of
+//     the names. The body is the JSON array of the append's events; headers
+//     carry the stream name, the first version and the event count. A soft
+//     delete is a commit with no events and the Junction-Deleted header.
+//   - Stream P_ids, subjects P.id.>: one claim message per event ID on
+//     P.id.<id>, whose body is the name of the stream the event went to.
+//     Claims make event IDs unique across the whole store.
+//
+// An append first claims its IDs (publish with an expected last subject
+// sequence of 0, so a claim fails when the ID is taken), then reads the
+// stream's last commit, checks the expected version and publishes the
+// commit with the last commit's sequence as the expected last subject
+// sequence, so a racing writer makes it fail and the append re-checks.
+// When an append fails after claiming, its claims are deleted again. A
+// claim that fails sends the append down the idempotency path: if the IDs
+// are, in order, consecutive events of the target stream, the original
+// result is returned; otherwise the append is invalid.
+//
+// The global position of event i of the commit with sequence S is S<<16|i,
+// so one append holds at most 65535 events.
+//
+// Costs and limits:
+//   - An append costs one claim per event (published asynchronously, so
+//     about one round trip), a last-message lookup and the commit.
+//   - ReadStream, and the idempotency path of Append, read every commit of
+//     the stream from its beginning (backward reads collect, then reverse).
+//   - ReadAll with several categories reads all categories and filters on
+//     the client; event types are always filtered on the client.
+//   - A process dying between claiming IDs and committing leaves those IDs
+//     claimed but unused: appending them later is rejected as invalid. An
+//     idempotent retry racing the original append can likewise be rejected
+//     while the original is in flight.
+package jetstream
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/junctionhq/junction/eventstore"
+)
+
+const (
+	hdrStream  = "Junction-Stream"
+	hdrFirst   = "Junction-First"
+	hdrCount   = "Junction-Count"
+	hdrDeleted = "Junction-Deleted"
+
+	maxEvents  = 1<<16 - 1
+	fetchSize  = 256
+	claimChunk = 512
+)
+
+// Store is the JetStream event store.
+type Store struct {
+	js      jetstream.JetStream
+	prefix  string
+	events  string // stream names
+	ids     string
+	idsBase string // subject prefixes
+	esBase  string
+	evSt    jetstream.Stream
+	idSt    jetstream.Stream
+}
+
+var _ eventstore.Store = (*Store)(nil)
+
+// Open creates (or updates) the store's JetStream streams under prefix,
+// which must be 1..64 characters of [A-Za-z0-9_-].
+func Open(ctx context.Context, js jetstream.JetStream, prefix string) (*Store, error) {
+	if !validPrefix(prefix) {
+		return nil, fmt.Errorf("%w: prefix %q: want 1..64 characters of [A-Za-z0-9_-]", eventstore.ErrInvalid, prefix)
+	}
+	s := &Store{js: js, prefix: prefix,
+		events: prefix + "_events", ids: prefix + "_ids",
+		esBase: prefix + ".es.", idsBase: prefix + ".id."}
+	for _, cfg := range []jetstream.StreamConfig{
+		{Name: s.events, Subjects: []string{s.esBase + ">"}, Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew},
+		{Name: s.ids, Subjects: []string{s.idsBase + ">"}, Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew},
+	} {
+		st, err := js.CreateOrUpdateStream(ctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("event store stream %s: %w", cfg.Name, err)
+		}
+		if cfg.Name == s.events {
+			s.evSt = st
+		} else {
+			s.idSt = st
+		}
+	}
+	return s, nil
+}
+
+func validPrefix(p string) bool {
+	if len(p) == 0 || len(p) > 64 {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Close releases nothing: the connection belongs to the caller.
+func (s *Store) Close() error { return nil }
+
+func token(name string) string { return base64.RawURLEncoding.EncodeToString([]byte(name)) }
+
+func (s *Store) streamSubject(stream string) string {
+	return s.esBase + token(eventstore.Category(stream)) + "." + token(stream)
+}
+
+func (s *Store) idSubject(id string) string { return s.idsBase + token(id) }
+
+// record is one event in a commit body. Data and Metadata are kept as
+// bytes (base64 in JSON) so they read back exactly as written.
+type record struct {
+	ID       string `json:"i"`
+	Type     string `json:"t"`
+	Data     []byte `json:"d"`
+	Metadata []byte `json:"m,omitempty"`
+}
+
+// commit is a decoded commit message.
+type commit struct {
+	seq     uint64
+	stream  string
+	first   uint64
+	count   uint64
+	deleted bool
+	time    time.Time
+	records []record
+}
+
+// next is the version the stream's next event gets.
+func (c *commit) next() uint64 { return c.first + c.count }
+
+// current is the stream's last version after c, -1 when deleted.
+func (c *commit) current() int64 {
+	if c.deleted || c.count == 0 {
+		return -1
+	}
+	return int64(c.next()) - 1
+}
+
+func (c *commit) events() []eventstore.Event {
+	out := make([]eventstore.Event, len(c.records))
+	for i, r := range c.records {
+		out[i] = eventstore.Event{Stream: c.stream, Version: c.first + uint64(i), Position: c.seq<<16 | uint64(i),
+			ID: r.ID, Type: r.Type, Data: r.Data, Metadata: r.Metadata, Time: c.time}
+	}
+	return out
+}
+
+func decode(seq uint64, h nats.Header, data []byte, t time.Time, withBody bool) (*commit, error) {
+	c := &commit{seq: seq, stream: h.Get(hdrStream), deleted: h.Get(hdrDeleted) != "", time: t}
+	var err error
+	if c.first, err = strconv.ParseUint(h.Get(hdrFirst), 10, 64); err != nil {
+		return nil, fmt.Errorf("event store commit %d: bad %s header: %w", seq, hdrFirst, err)
+	}
+	if c.count, err = strconv.ParseUint(h.Get(hdrCount), 10, 64); err != nil {
+		return nil, fmt.Errorf("event store commit %d: bad %s header: %w", seq, hdrCount, err)
+	}
+	if withBody && c.count > 0 {
+		if err := json.Unmarshal(data, &c.records); err != nil {
+			return nil, fmt.Errorf("event store commit %d: %w", seq, err)
+		}
+		if uint64(len(c.records)) != c.count {
+			return nil, fmt.Errorf("event store commit %d: %d events, header says %d", seq, len(c.records), c.count)
+		}
+	}
+	return c, nil
+}
+
+// last returns the stream's last commit, nil when it has none.
+func (s *Store) last(ctx context.Context, stream string) (*commit, error) {
+	m, err := s.evSt.GetLastMsgForSubject(ctx, s.streamSubject(stream))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decode(m.Sequence, m.Header, m.Data, m.Time, false)
+}
+
+// scan reads commits matching filter with sequences in [from, to], in
+// order, until fn returns false.
+func (s *Store) scan(ctx context.Context, filter string, from, to uint64, fn func(*commit) bool) error {
+	if from == 0 {
+		from = 1
+	}
+	if from > to {
+		return nil
+	}
+	cons, err := s.js.OrderedConsumer(ctx, s.events, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from})
+	if err != nil {
+		return err
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		batch, err := cons.FetchNoWait(fetchSize)
+		if err != nil {
+			return err
+		}
+		got := 0
+		done := false
+		for msg := range batch.Messages() {
+			got++
+			if done {
+				continue
+			}
+			meta, err := msg.Metadata()
+			if err != nil {
+				return err
+			}
+			seq := meta.Sequence.Stream
+			if seq > to {
+				done = true
+				continue
+			}
+			c, err := decode(seq, msg.Headers(), msg.Data(), meta.Timestamp, true)
+			if err != nil {
+				return err
+			}
+			if !fn(c) || seq >= to || meta.NumPending == 0 {
+				done = true
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+			return err
+		}
+		if done || got == 0 {
+			return nil
+		}
+	}
+}
+
+// history returns every commit of stream up to and including upTo.
+func (s *Store) history(ctx context.Context, stream string, upTo uint64) ([]*commit, error) {
+	var out []*commit
+	err := s.scan(ctx, s.streamSubject(stream), 1, upTo, func(c *commit) bool {
+		out = append(out, c)
+		return true
+	})
+	return out, err
+}
+
+// Append implements eventstore.Store.
+func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedVersion, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	events, err := eventstore.Prepare(stream, expected, events)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	if len(events) > maxEvents {
+		return eventstore.AppendResult{}, fmt.Errorf("%w: %d events in one append, at most %d", eventstore.ErrInvalid, len(events), maxEvents)
+	}
+	claimed, taken, err := s.claim(ctx, stream, events)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	if taken {
+		if err := s.release(claimed); err != nil {
+			return eventstore.AppendResult{}, err
+		}
+		return s.retried(ctx, stream, events)
+	}
+	r, err := s.commit(ctx, stream, expected, events)
+	if err != nil {
+		if rerr := s.release(claimed); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return r, err
+}
+
+// claim publishes one claim per event ID, asynchronously in chunks so a
+// large append neither waits one round trip per event nor overruns the
+// client's limit of pending acknowledgements. taken reports that some ID
+// was claimed before; claimed lists the sequences of the claims this call
+// made, which the caller releases when the append does not commit.
+func (s *Store) claim(ctx context.Context, stream string, events []eventstore.EventData) (claimed []uint64, taken bool, err error) {
+	for len(events) > 0 {
+		chunk := events[:min(len(events), claimChunk)]
+		events = events[len(chunk):]
+		futures := make([]jetstream.PubAckFuture, 0, len(chunk))
+		var firstErr error
+		for _, e := range chunk {
+			f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: s.idSubject(e.ID), Data: []byte(stream)},
+				jetstream.WithExpectStream(s.ids), jetstream.WithExpectLastSequencePerSubject(0))
+			if err != nil {
+				firstErr = fmt.Errorf("claiming event id %q: %w", e.ID, err)
+				break
+			}
+			futures = append(futures, f)
+		}
+		for _, f := range futures {
+			select {
+			case ack := <-f.Ok():
+				claimed = append(claimed, ack.Sequence)
+			case err := <-f.Err():
+				if isWrongLast(err) {
+					taken = true
+				} else if firstErr == nil {
+					firstErr = fmt.Errorf("claiming event id on %s: %w", f.Msg().Subject, err)
+				}
+			case <-ctx.Done():
+				if firstErr == nil {
+					firstErr = ctx.Err()
+				}
+			}
+		}
+		if firstErr != nil {
+			return nil, false, errors.Join(firstErr, s.release(claimed))
+		}
+		if taken {
+			return claimed, true, nil
+		}
+	}
+	return claimed, false, nil
+}
+
+// release deletes claims made by an append that did not commit. It does
+// not use the append's context, so a cancelled append still cleans up.
+func (s *Store) release(claimed []uint64) error {
+	if len(claimed) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st := s.idSt
+	var errs []error
+	for _, seq := range claimed {
+		if err := st.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			errs = append(errs, fmt.Errorf("releasing event id claim %d: %w", seq, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// retried handles an append whose IDs were seen before: it is a retry
+// when they are, in order, consecutive events of stream.
+func (s *Store) retried(ctx context.Context, stream string, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	invalid := fmt.Errorf("%w: event ids already used, and not by this exact sequence of events in stream %q", eventstore.ErrInvalid, stream)
+	last, err := s.last(ctx, stream)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	if last == nil {
+		return eventstore.AppendResult{}, invalid
+	}
+	hist, err := s.history(ctx, stream, last.seq)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	var all []eventstore.Event
+	for _, c := range hist {
+		all = append(all, c.events()...)
+	}
+	k := slices.IndexFunc(all, func(e eventstore.Event) bool { return e.ID == events[0].ID })
+	if k < 0 || k+len(events) > len(all) {
+		return eventstore.AppendResult{}, invalid
+	}
+	for j, e := range events {
+		if all[k+j].ID != e.ID {
+			return eventstore.AppendResult{}, invalid
+		}
+	}
+	end := all[k+len(events)-1]
+	return eventstore.AppendResult{FirstVersion: all[k].Version, LastVersion: end.Version, Position: end.Position}, nil
+}
+
+// commit checks the expected version and publishes the append, re-checking
+// when another writer got there first.
+func (s *Store) commit(ctx context.Context, stream string, expected eventstore.ExpectedVersion, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	recs := make([]record, len(events))
+	for i, e := range events {
+		recs[i] = record{ID: e.ID, Type: e.Type, Data: e.Data, Metadata: e.Metadata}
+	}
+	body, err := json.Marshal(recs)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	for {
+		last, err := s.last(ctx, stream)
+		if err != nil {
+			return eventstore.AppendResult{}, err
+		}
+		current, next, lastSeq := int64(-1), uint64(0), uint64(0)
+		if last != nil {
+			current, next, lastSeq = last.current(), last.next(), last.seq
+		}
+		if err := eventstore.Check(stream, expected, current); err != nil {
+			return eventstore.AppendResult{}, err
+		}
+		msg := &nats.Msg{Subject: s.streamSubject(stream), Header: nats.Header{}, Data: body}
+		msg.Header.Set(hdrStream, stream)
+		msg.Header.Set(hdrFirst, strconv.FormatUint(next, 10))
+		msg.Header.Set(hdrCount, strconv.Itoa(len(events)))
+		ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.events), jetstream.WithExpectLastSequencePerSubject(lastSeq))
+		if isWrongLast(err) {
+			continue // a racing writer committed: check again
+		}
+		if err != nil {
+			return eventstore.AppendResult{}, fmt.Errorf("appending to %q: %w", stream, err)
+		}
+		return eventstore.AppendResult{FirstVersion: next, LastVersion: next + uint64(len(events)) - 1,
+			Position: ack.Sequence<<16 | uint64(len(events)-1)}, nil
+	}
+}
+
+func isWrongLast(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// Delete implements eventstore.Store.
+func (s *Store) Delete(ctx context.Context, stream string) error {
+	if !eventstore.ValidStreamName(stream) {
+		return fmt.Errorf("%w: stream name %q", eventstore.ErrInvalid, stream)
+	}
+	for {
+		last, err := s.last(ctx, stream)
+		if err != nil {
+			return err
+		}
+		if last == nil {
+			return fmt.Errorf("%w: %q", eventstore.ErrStreamNotFound, stream)
+		}
+		if last.deleted {
+			return nil
+		}
+		msg := &nats.Msg{Subject: s.streamSubject(stream), Header: nats.Header{}}
+		msg.Header.Set(hdrStream, stream)
+		msg.Header.Set(hdrFirst, strconv.FormatUint(last.next(), 10))
+		msg.Header.Set(hdrCount, "0")
+		msg.Header.Set(hdrDeleted, "true")
+		_, err = s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.events), jetstream.WithExpectLastSequencePerSubject(last.seq))
+		if isWrongLast(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("deleting %q: %w", stream, err)
+		}
+		return nil
+	}
+}
+
+// ReadStream implements eventstore.Store.
+func (s *Store) ReadStream(ctx context.Context, stream string, o eventstore.ReadOptions) ([]eventstore.Event, error) {
+	if !eventstore.ValidStreamName(stream) {
+		return nil, fmt.Errorf("%w: stream name %q", eventstore.ErrInvalid, stream)
+	}
+	last, err := s.last(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	if last == nil {
+		return nil, fmt.Errorf("%w: %q", eventstore.ErrStreamNotFound, stream)
+	}
+	if last.deleted {
+		return nil, fmt.Errorf("%w: %q", eventstore.ErrStreamDeleted, stream)
+	}
+	hist, err := s.history(ctx, stream, last.seq)
+	if err != nil {
+		return nil, err
+	}
+	var all []eventstore.Event
+	for _, c := range hist {
+		if c.deleted {
+			all = all[:0]
+			continue
+		}
+		all = append(all, c.events()...)
+	}
+	var out []eventstore.Event
+	if !o.Backward {
+		for _, e := range all {
+			if e.Version >= o.From {
+				out = append(out, e)
+			}
+			if o.Limit > 0 && len(out) == o.Limit {
+				break
+			}
+		}
+		return out, nil
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].Version <= o.From || o.From == math.MaxUint64 {
+			out = append(out, all[i])
+		}
+		if o.Limit > 0 && len(out) == o.Limit {
+			break
+		}
+	}
+	return out, nil
+}
+
+// ReadAll implements eventstore.Store.
+func (s *Store) ReadAll(ctx context.Context, o eventstore.ReadAllOptions) ([]eventstore.Event, error) {
+	info, err := s.evSt.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	filter := s.esBase + ">"
+	if len(o.Categories) == 1 {
+		filter = s.esBase + token(o.Categories[0]) + ".>"
+	}
+	var out []eventstore.Event
+	err = s.scan(ctx, filter, o.From>>16, info.State.LastSeq, func(c *commit) bool {
+		if c.deleted || len(o.Categories) > 1 && !slices.Contains(o.Categories, eventstore.Category(c.stream)) {
+			return true
+		}
+		for _, e := range c.events() {
+			if e.Position < o.From || len(o.Types) > 0 && !slices.Contains(o.Types, e.Type) {
+				continue
+			}
+			out = append(out, e)
+			if o.Limit > 0 && len(out) == o.Limit {
+				return false
+			}
+		}
+		return true
+	})
+	return out, err
+}
