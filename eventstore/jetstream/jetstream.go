@@ -33,9 +33,13 @@
 //   - ReadAll with several categories reads all categories and filters on
 //     the client; event types are always filtered on the client.
 //   - A process dying between claiming IDs and committing leaves those IDs
-//     claimed but unused: appending them later is rejected as invalid. An
-//     idempotent retry racing the original append can likewise be rejected
-//     while the original is in flight.
+//     claimed but unused. A retry of that append is rejected as invalid
+//     until the claims are older than DefaultClaimGrace (30s); then it
+//     takes them over and commits. An idempotent retry racing the original
+//     append is likewise rejected while the original is in flight.
+//   - A commit carries a message id, so an append whose acknowledgement
+//     was lost and which is sent again within the duplicate window (2m by
+//     default) is stored once and answered with the original result.
 package jetstream
 
 import (
@@ -76,7 +80,14 @@ type Store struct {
 	esBase  string
 	evSt    jetstream.Stream
 	idSt    jetstream.Stream
+	// claimGrace is how old a claim must be before an append that finds
+	// its IDs claimed but never committed may take them over: older than
+	// any append still in flight, so the claim's owner died.
+	claimGrace time.Duration
 }
+
+// DefaultClaimGrace is the age after which an uncommitted claim is stale.
+const DefaultClaimGrace = 30 * time.Second
 
 var _ eventstore.Store = (*Store)(nil)
 
@@ -86,7 +97,7 @@ func Open(ctx context.Context, js jetstream.JetStream, prefix string) (*Store, e
 	if !validPrefix(prefix) {
 		return nil, fmt.Errorf("%w: prefix %q: want 1..64 characters of [A-Za-z0-9_-]", eventstore.ErrInvalid, prefix)
 	}
-	s := &Store{js: js, prefix: prefix,
+	s := &Store{js: js, prefix: prefix, claimGrace: DefaultClaimGrace,
 		events: prefix + "_events", ids: prefix + "_ids",
 		esBase: prefix + ".es.", idsBase: prefix + ".id."}
 	for _, cfg := range []jetstream.StreamConfig{
@@ -284,7 +295,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		if err := s.release(claimed); err != nil {
 			return eventstore.AppendResult{}, err
 		}
-		return s.retried(ctx, stream, events)
+		return s.retried(ctx, stream, expected, events)
 	}
 	r, err := s.commit(ctx, stream, expected, events)
 	if err != nil {
@@ -361,14 +372,14 @@ func (s *Store) release(claimed []uint64) error {
 
 // retried handles an append whose IDs were seen before: it is a retry
 // when they are, in order, consecutive events of stream.
-func (s *Store) retried(ctx context.Context, stream string, events []eventstore.EventData) (eventstore.AppendResult, error) {
+func (s *Store) retried(ctx context.Context, stream string, expected eventstore.ExpectedVersion, events []eventstore.EventData) (eventstore.AppendResult, error) {
 	invalid := fmt.Errorf("%w: event ids already used, and not by this exact sequence of events in stream %q", eventstore.ErrInvalid, stream)
 	last, err := s.last(ctx, stream)
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
 	if last == nil {
-		return eventstore.AppendResult{}, invalid
+		return s.takeOver(ctx, stream, expected, events, invalid)
 	}
 	hist, err := s.history(ctx, stream, last.seq)
 	if err != nil {
@@ -379,7 +390,10 @@ func (s *Store) retried(ctx context.Context, stream string, events []eventstore.
 		all = append(all, c.events()...)
 	}
 	k := slices.IndexFunc(all, func(e eventstore.Event) bool { return e.ID == events[0].ID })
-	if k < 0 || k+len(events) > len(all) {
+	if k < 0 {
+		return s.takeOver(ctx, stream, expected, events, invalid)
+	}
+	if k+len(events) > len(all) {
 		return eventstore.AppendResult{}, invalid
 	}
 	for j, e := range events {
@@ -389,6 +403,46 @@ func (s *Store) retried(ctx context.Context, stream string, events []eventstore.
 	}
 	end := all[k+len(events)-1]
 	return eventstore.AppendResult{FirstVersion: all[k].Version, LastVersion: end.Version, Position: end.Position}, nil
+}
+
+// takeOver handles IDs that are claimed but were never committed: when
+// every claim names this stream and is older than claimGrace, its append
+// died between claiming and committing (a crash, a lost connection), so
+// the claims are deleted and the append runs again. A retry of that append
+// must succeed: refusing it would lose the events it carries.
+func (s *Store) takeOver(ctx context.Context, stream string, expected eventstore.ExpectedVersion, events []eventstore.EventData, invalid error) (eventstore.AppendResult, error) {
+	now := time.Now()
+	var stale []uint64
+	for _, e := range events {
+		m, err := s.idSt.GetLastMsgForSubject(ctx, s.idSubject(e.ID))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // not claimed (any more)
+		}
+		if err != nil {
+			return eventstore.AppendResult{}, err
+		}
+		if string(m.Data) != stream || now.Sub(m.Time) < s.claimGrace {
+			return eventstore.AppendResult{}, invalid
+		}
+		stale = append(stale, m.Sequence)
+	}
+	// Deleting by sequence removes only the stale claims: a fresh claim
+	// made meanwhile by another retry has a new sequence and stays.
+	if err := s.release(stale); err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	claimed, taken, err := s.claim(ctx, stream, events)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	if taken {
+		return eventstore.AppendResult{}, errors.Join(invalid, s.release(claimed))
+	}
+	r, err := s.commit(ctx, stream, expected, events)
+	if err != nil {
+		err = errors.Join(err, s.release(claimed))
+	}
+	return r, err
 }
 
 // commit checks the expected version and publishes the append, re-checking
@@ -418,12 +472,27 @@ func (s *Store) commit(ctx context.Context, stream string, expected eventstore.E
 		msg.Header.Set(hdrStream, stream)
 		msg.Header.Set(hdrFirst, strconv.FormatUint(next, 10))
 		msg.Header.Set(hdrCount, strconv.Itoa(len(events)))
+		// The same append sent again (its acknowledgement was lost, so
+		// its claims were released and the caller retried) is stored
+		// once: JetStream's duplicate window recognises the id.
+		msg.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s/%s/%d", stream, events[0].ID, len(events)))
 		ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.events), jetstream.WithExpectLastSequencePerSubject(lastSeq))
 		if isWrongLast(err) {
 			continue // a racing writer committed: check again
 		}
 		if err != nil {
 			return eventstore.AppendResult{}, fmt.Errorf("appending to %q: %w", stream, err)
+		}
+		if ack.Duplicate {
+			m, err := s.evSt.GetMsg(ctx, ack.Sequence)
+			if err != nil {
+				return eventstore.AppendResult{}, fmt.Errorf("appending to %q: reading the earlier commit: %w", stream, err)
+			}
+			c, err := decode(m.Sequence, m.Header, m.Data, m.Time, false)
+			if err != nil {
+				return eventstore.AppendResult{}, err
+			}
+			next = c.first
 		}
 		return eventstore.AppendResult{FirstVersion: next, LastVersion: next + uint64(len(events)) - 1,
 			Position: ack.Sequence<<16 | uint64(len(events)-1)}, nil
