@@ -23,6 +23,9 @@ import (
 
 	"github.com/junctionhq/junction/bus"
 	"github.com/junctionhq/junction/config"
+	"github.com/junctionhq/junction/eventstore"
+	esjetstream "github.com/junctionhq/junction/eventstore/jetstream"
+	espostgres "github.com/junctionhq/junction/eventstore/postgres"
 	"github.com/junctionhq/junction/internal/httpserver"
 	"github.com/junctionhq/junction/internal/natsembed"
 	"github.com/junctionhq/junction/internal/problem"
@@ -54,6 +57,8 @@ type Node struct {
 	db       *sqldb.DB
 	bus      *bus.Bus
 	mesh     *mesh.Mesh
+	events   eventstore.Store
+	eventsDB *sqldb.DB // the postgres event store's own database, when not n.db
 	router   *httpserver.Router
 	handler  http.Handler
 	listener net.Listener
@@ -153,6 +158,9 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	}); err != nil {
 		return nil, err
 	}
+	if err := n.openEvents(ctx); err != nil {
+		return nil, err
+	}
 	if err := n.applyDeclared(ctx); err != nil {
 		return nil, err
 	}
@@ -164,8 +172,33 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	}
 	n.mount()
 	n.log.Info("junction started", "version", BuildVersion(), "api", n.listener.Addr().String(),
-		"nats", natsDesc(cfg), "sql", n.db.Dialect, "data_dir", cfg.DataDir)
+		"nats", natsDesc(cfg), "sql", n.db.Dialect, "eventstore", cfg.EventStore.Backend, "data_dir", cfg.DataDir)
 	return n, nil
+}
+
+// openEvents opens the event store: on the node's JetStream under its
+// prefix, or in a PostgreSQL schema, sharing the node's SQL database when
+// eventstore.dsn names the same one.
+func (n *Node) openEvents(ctx context.Context) error {
+	var err error
+	switch n.cfg.EventStore.Backend {
+	case "postgres":
+		dsn := n.cfg.EventStoreDSN()
+		db := n.db
+		if dsn != n.cfg.SQL.DSN {
+			if n.eventsDB, err = sqldb.Open(ctx, dsn, n.cfg.DataDir); err != nil {
+				return fmt.Errorf("event store: %w", err)
+			}
+			db = n.eventsDB
+		}
+		n.events, err = espostgres.Open(ctx, db.DB, n.cfg.EventStore.Schema)
+	default:
+		n.events, err = esjetstream.Open(ctx, n.nats.JS, n.cfg.NATS.Prefix)
+	}
+	if err != nil {
+		return fmt.Errorf("event store (%s): %w", n.cfg.EventStore.Backend, err)
+	}
+	return nil
 }
 
 func natsDesc(cfg *config.Config) string {
@@ -210,6 +243,7 @@ func (n *Node) mount() {
 	r := httpserver.NewRouter()
 	r.HandleAll((&bus.API{Bus: n.bus, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
 	r.HandleAll((&mesh.API{Mesh: n.mesh}).Routes())
+	r.HandleAll((&eventstore.API{Store: n.events, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
 	r.Handle(httpserver.Route{Method: "GET", Path: "/healthz", Tag: "operations", Summary: "Liveness: the process serves HTTP", Handler: n.healthz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/readyz", Tag: "operations", Summary: "Readiness: NATS and SQL answer", Handler: n.readyz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/metrics", Tag: "operations", Summary: "Prometheus metrics",
@@ -258,6 +292,10 @@ func (n *Node) Bus() *bus.Bus { return n.bus }
 // Mesh is the node's service mesh: its registry, and an http.RoundTripper
 // that calls services by name (http://inventory/stock/42).
 func (n *Node) Mesh() *mesh.Mesh { return n.mesh }
+
+// Events is the node's event store: the streams of /v1/streams and the
+// global log of /v1/events.
+func (n *Node) Events() eventstore.Store { return n.events }
 
 // Addr is the API listener's address.
 func (n *Node) Addr() string { return n.listener.Addr().String() }
@@ -320,6 +358,12 @@ func (n *Node) close(ctx context.Context) {
 		}
 		if n.listener != nil {
 			_ = n.listener.Close()
+		}
+		if n.events != nil {
+			_ = n.events.Close()
+		}
+		if n.eventsDB != nil {
+			_ = n.eventsDB.Close()
 		}
 		if n.db != nil {
 			_ = n.db.Close()

@@ -26,6 +26,7 @@ var contract = []string{
 	"GET /v1/services", "GET /v1/services/{service}",
 	"PUT /v1/services/{service}/instances/{id}", "DELETE /v1/services/{service}/instances/{id}",
 	"ANY /v1/invoke/{service}/{path...}", "ANY /v1/invoke/{service}",
+	"POST /v1/streams/{stream}", "GET /v1/streams/{stream}", "DELETE /v1/streams/{stream}", "GET /v1/events",
 }
 
 func TestOpenAPICoversEveryRoute(t *testing.T) {

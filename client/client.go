@@ -52,6 +52,9 @@ type Error struct {
 	Title  string       `json:"title"`
 	Detail string       `json:"detail"`
 	Errors []FieldError `json:"errors,omitempty"`
+	// CurrentVersion is the stream's last version (-1: no stream) when
+	// Code is wrong_expected_version, so a writer can re-read and retry.
+	CurrentVersion *int64 `json:"current_version,omitempty"`
 }
 
 // FieldError is one invalid field of a request.

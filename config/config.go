@@ -50,6 +50,7 @@ type Config struct {
 	NATS            NATS                     `yaml:"nats"`
 	SQL             SQL                      `yaml:"sql"`
 	Storage         Storage                  `yaml:"storage"`
+	EventStore      EventStore               `yaml:"eventstore"`
 	Tracing         Tracing                  `yaml:"tracing"`
 	Bus             Bus                      `yaml:"bus"`
 	Topics          map[string]*Topic        `yaml:"topics"`
@@ -88,6 +89,33 @@ type NATS struct {
 // SQL selects SQLite in the data dir (DSN empty) or PostgreSQL.
 type SQL struct {
 	DSN string `yaml:"dsn"`
+}
+
+// EventStore selects where event streams (/v1/streams, /v1/events) live.
+type EventStore struct {
+	Backend string `yaml:"backend"` // jetstream or postgres
+	// DSN is the PostgreSQL database of the postgres backend; empty means
+	// sql.dsn when that is PostgreSQL.
+	DSN string `yaml:"dsn"`
+	// Schema is the PostgreSQL schema holding the event tables, so the
+	// store can share a database with other data.
+	Schema string `yaml:"schema"`
+}
+
+// EventStoreDSN is the PostgreSQL DSN of the postgres event store backend:
+// eventstore.dsn, else sql.dsn when that is PostgreSQL, else empty.
+func (c *Config) EventStoreDSN() string {
+	if c.EventStore.DSN != "" {
+		return c.EventStore.DSN
+	}
+	if isPostgresDSN(c.SQL.DSN) {
+		return c.SQL.DSN
+	}
+	return ""
+}
+
+func isPostgresDSN(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
 }
 
 // Storage tunes durability of the embedded JetStream.
@@ -149,6 +177,7 @@ func Default() *Config {
 		API:             API{Listen: "127.0.0.1:4000", MaxBodyBytes: 8 << 20},
 		NATS:            NATS{Prefix: "junction"},
 		Storage:         Storage{Sync: "default"},
+		EventStore:      EventStore{Backend: "jetstream", Schema: "junction_events"},
 		Tracing:         Tracing{Exporter: "none", Sample: 1},
 		Bus: Bus{
 			AutoCreateTopics: true,
@@ -263,6 +292,7 @@ var (
 	nameRe  = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
 	subRe   = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 	prefixR = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	schemaR = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 )
 
 // ValidTopicName reports whether s can name a topic: dot-separated tokens
@@ -429,8 +459,26 @@ func (c *Config) validate() []issue {
 	if !prefixR.MatchString(c.NATS.Prefix) {
 		add("nats.prefix", "nats.prefix must be letters, digits, '_' or '-', got %q", c.NATS.Prefix)
 	}
-	if c.SQL.DSN != "" && !strings.HasPrefix(c.SQL.DSN, "postgres://") && !strings.HasPrefix(c.SQL.DSN, "postgresql://") && !strings.HasPrefix(c.SQL.DSN, "sqlite:") {
+	if c.SQL.DSN != "" && !isPostgresDSN(c.SQL.DSN) && !strings.HasPrefix(c.SQL.DSN, "sqlite:") {
 		add("sql.dsn", "sql.dsn must be postgres://..., postgresql://... or sqlite:PATH")
+	}
+	switch c.EventStore.Backend {
+	case "jetstream":
+		if c.EventStore.DSN != "" {
+			add("eventstore.dsn", "eventstore.dsn applies to the postgres backend only; remove it or set eventstore.backend: postgres")
+		}
+	case "postgres":
+		switch {
+		case c.EventStore.DSN != "" && !isPostgresDSN(c.EventStore.DSN):
+			add("eventstore.dsn", "eventstore.dsn must be postgres://... or postgresql://...")
+		case c.EventStoreDSN() == "":
+			add("eventstore.dsn", "the postgres event store needs a PostgreSQL database: set eventstore.dsn, or sql.dsn to postgres://...")
+		}
+	default:
+		add("eventstore.backend", "eventstore.backend must be jetstream or postgres, got %q", c.EventStore.Backend)
+	}
+	if !schemaR.MatchString(c.EventStore.Schema) {
+		add("eventstore.schema", "eventstore.schema must be 1..63 letters, digits and '_', not starting with a digit, got %q", c.EventStore.Schema)
 	}
 	switch c.Storage.Sync {
 	case "default", "always":

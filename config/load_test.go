@@ -207,6 +207,10 @@ func TestGoodFiles(t *testing.T) {
 			eq(t, "push.timeout (default)", b.Push.Timeout.D(), DefaultPushTimeout)
 			eq(t, "max_in_flight (push default)", b.MaxInFlight, DefaultMaxInFlight)
 		},
+		"eventstore": func(t *testing.T, c *Config) {
+			eq(t, "eventstore", c.EventStore, EventStore{Backend: "postgres", Schema: "orders_events"})
+			eq(t, "EventStoreDSN (sql.dsn)", c.EventStoreDSN(), "postgres://junction@db.internal:5432/junction")
+		},
 		"mesh": func(t *testing.T, c *Config) {
 			inv := c.Services["inventory"]
 			eq(t, "inventory.instances", inv.Instances, []Instance{
@@ -240,6 +244,7 @@ func TestGoodFiles(t *testing.T) {
 				NATS:            NATS{URL: "nats://10.0.0.1:4222, nats://10.0.0.2:4222", Prefix: "shop", Credentials: "/etc/junction/nats.creds"},
 				SQL:             SQL{DSN: "postgresql://junction:secret@10.0.0.5:5432/junction?sslmode=require"},
 				Storage:         Storage{Sync: "default"},
+				EventStore:      EventStore{Backend: "postgres", DSN: "postgres://events@10.0.0.6:5432/events", Schema: "shop_events"},
 				Tracing:         Tracing{Exporter: "otlp", Endpoint: "127.0.0.1:4318", Sample: 0.25},
 				Bus:             Bus{AutoCreateTopics: true, DedupWindow: 0, MaxMessageBytes: 7 << 20, MaxBatch: 100000},
 				Mesh:            Default().Mesh,

@@ -3,14 +3,19 @@ package jetstream
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/junctionhq/junction/eventstore"
 	"github.com/junctionhq/junction/internal/natsembed"
-	"github.com/junctionhq/junction/internal/testutil"
 )
+
+// quiet discards the embedded server's logs. (internal/testutil cannot be
+// imported here: it imports the node, which imports this package.)
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // An append that died between claiming its IDs and committing (simulated
 // here by a claim published by hand) blocks a retry only while the claim
@@ -18,7 +23,7 @@ import (
 // the claims over, and a claim for another stream is never taken.
 func TestStaleClaimsAreTakenOver(t *testing.T) {
 	ctx := context.Background()
-	c, err := natsembed.Start(ctx, natsembed.Options{DataDir: t.TempDir(), Logger: testutil.Logger(t)})
+	c, err := natsembed.Start(ctx, natsembed.Options{DataDir: t.TempDir(), Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +68,7 @@ func TestStaleClaimsAreTakenOver(t *testing.T) {
 // second send gets the first one's result.
 func TestLostAcknowledgementIsDeduplicated(t *testing.T) {
 	ctx := context.Background()
-	c, err := natsembed.Start(ctx, natsembed.Options{DataDir: t.TempDir(), Logger: testutil.Logger(t)})
+	c, err := natsembed.Start(ctx, natsembed.Options{DataDir: t.TempDir(), Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,5 +1,5 @@
-// Package cli is the junction command: serve, validate, publish, tail and
-// version. Every failure ends as one readable line on stderr and a
+// Package cli is the junction command: serve, validate, publish, tail,
+// append, read and version. Every failure ends as one readable line on stderr and a
 // non-zero exit status (validate prints one line per config error).
 package cli
 
@@ -55,7 +55,8 @@ func newRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), validateCmd(stdout, stderr), publishCmd(stdin, stdout), tailCmd(stdout), versionCmd(stdout), caCmd(stdout))
+	root.AddCommand(serveCmd(), validateCmd(stdout, stderr), publishCmd(stdin, stdout), tailCmd(stdout),
+		appendCmd(stdin, stdout), readCmd(stdout), versionCmd(stdout), caCmd(stdout))
 	return root
 }
 

@@ -43,6 +43,9 @@ const (
 	CodeBulkheadFull     Code = "concurrency_limit"
 	CodeUpstream         Code = "upstream_unreachable"
 	CodeMisdirected      Code = "misdirected_request"
+	CodeWrongVersion     Code = "wrong_expected_version"
+	CodeStreamNotFound   Code = "stream_not_found"
+	CodeStreamDeleted    Code = "stream_deleted"
 )
 
 var statusOf = map[Code]int{
@@ -71,6 +74,9 @@ var statusOf = map[Code]int{
 	CodeBulkheadFull:     http.StatusServiceUnavailable,
 	CodeUpstream:         http.StatusBadGateway,
 	CodeMisdirected:      http.StatusMisdirectedRequest,
+	CodeWrongVersion:     http.StatusConflict,
+	CodeStreamNotFound:   http.StatusNotFound,
+	CodeStreamDeleted:    http.StatusGone,
 }
 
 // Status returns the HTTP status that belongs to code.
