@@ -66,6 +66,8 @@ type Node struct {
 	tp       trace.TracerProvider
 	lock     *os.File
 	draining atomic.Bool
+	stopping chan struct{} // closed when shutdown starts: ends event store follows
+	stopOnce sync.Once
 	closed   sync.Once
 }
 
@@ -115,7 +117,7 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	if !httpserver.IsLoopback(cfg.API.Listen) && cfg.API.Token == "" {
 		return nil, httpserver.ErrTokenRequired
 	}
-	n := &Node{cfg: cfg, log: o.logger, reg: o.registry}
+	n := &Node{cfg: cfg, log: o.logger, reg: o.registry, stopping: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			n.close(context.Background())
@@ -243,7 +245,7 @@ func (n *Node) mount() {
 	r := httpserver.NewRouter()
 	r.HandleAll((&bus.API{Bus: n.bus, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
 	r.HandleAll((&mesh.API{Mesh: n.mesh}).Routes())
-	r.HandleAll((&eventstore.API{Store: n.events, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
+	r.HandleAll((&eventstore.API{Store: n.events, MaxBodyBytes: n.cfg.API.MaxBodyBytes, Closing: n.stopping}).Routes())
 	r.Handle(httpserver.Route{Method: "GET", Path: "/healthz", Tag: "operations", Summary: "Liveness: the process serves HTTP", Handler: n.healthz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/readyz", Tag: "operations", Summary: "Readiness: NATS and SQL answer", Handler: n.readyz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/metrics", Tag: "operations", Summary: "Prometheus metrics",
@@ -319,13 +321,14 @@ func (n *Node) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	n.draining.Store(true)
+	n.stopOnce.Do(func() { close(n.stopping) })
 	timeout := n.cfg.ShutdownTimeout.D()
 	n.log.Info("shutting down", "deadline", timeout)
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); _ = n.bus.Stop(sctx) }()  // also ends open tails
+	go func() { defer wg.Done(); _ = n.bus.Stop(sctx) }()  // also ends open tails (n.stopping ends follows)
 	go func() { defer wg.Done(); _ = n.mesh.Stop(sctx) }() // deregisters a sidecar first
 	if serveErr == nil {
 		if err := srv.Shutdown(sctx); err != nil {

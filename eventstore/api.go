@@ -2,14 +2,17 @@ package eventstore
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/junctionhq/junction/internal/httpserver"
@@ -28,6 +31,10 @@ const (
 type API struct {
 	Store        Store
 	MaxBodyBytes int64 // largest append request body (api.max_body_bytes)
+	// Closing, when closed, ends every open follow: the node closes it
+	// when it starts shutting down. Nil means follows end only when their
+	// client goes away.
+	Closing <-chan struct{}
 }
 
 // Routes returns the event store's HTTP operations.
@@ -35,9 +42,9 @@ func (a *API) Routes() []httpserver.Route {
 	const tag = "streams"
 	return []httpserver.Route{
 		{Method: "POST", Path: "/v1/streams/{stream}", Tag: tag, Summary: "Append events to a stream if its version is as expected; retrying the same event ids returns the first result", Status: 201, Request: appendSchema, Response: appendResultSchema, Handler: a.append},
-		{Method: "GET", Path: "/v1/streams/{stream}", Tag: tag, Summary: "Read a stream's events forward or backward from a version", Query: []string{"from", "limit", "direction"}, Response: streamSchema, Handler: a.readStream},
+		{Method: "GET", Path: "/v1/streams/{stream}", Tag: tag, Summary: "Read a stream's events forward or backward from a version; with follow=true, stream them from the version (or after Last-Event-ID) and then live as server-sent events", Query: []string{"from", "limit", "direction", "follow"}, Response: streamSchema, Handler: a.readStream},
 		{Method: "DELETE", Path: "/v1/streams/{stream}", Tag: tag, Summary: "Soft-delete a stream: reads answer 410, the global log keeps its events", Status: 204, Handler: a.deleteStream},
-		{Method: "GET", Path: "/v1/events", Tag: tag, Summary: "Read the global log of every stream in commit order, optionally filtered by category and event type", Query: []string{"from_position", "limit", "category", "types"}, Response: allSchema, Handler: a.readAll},
+		{Method: "GET", Path: "/v1/events", Tag: tag, Summary: "Read the global log of every stream in commit order, optionally filtered by category and event type; with follow=true, stream it from the position (or after Last-Event-ID) and then live as server-sent events", Query: []string{"from_position", "limit", "category", "types", "follow"}, Response: allSchema, Handler: a.readAll},
 	}
 }
 
@@ -249,16 +256,41 @@ func query(q url.Values, known ...string) (map[string]string, error) {
 		}
 		out[k] = vs[0]
 	}
-	if v, ok := out["follow"]; ok {
-		switch v {
-		case "true":
-			return nil, invalid("follow", "follow is not supported yet")
-		case "false", "":
-		default:
-			return nil, invalid("follow", "want true or false, got %q", v)
-		}
-	}
 	return out, nil
+}
+
+// parseFollow reads follow; with follow=true, a limit or a backward
+// direction is refused, since a follow has no end and only goes forward.
+func parseFollow(p map[string]string) (bool, error) {
+	switch v := p["follow"]; v {
+	case "true":
+	case "false", "":
+		return false, nil
+	default:
+		return false, invalid("follow", "want true or false, got %q", v)
+	}
+	if _, ok := p["limit"]; ok {
+		return false, invalid("limit", "a follow has no limit")
+	}
+	if p["direction"] == "backward" {
+		return false, invalid("direction", "a follow reads forward")
+	}
+	return true, nil
+}
+
+// lastEventID reads the Last-Event-ID header an EventSource sends when it
+// reconnects: the id of the last event it received, so the follow resumes
+// after it.
+func lastEventID(r *http.Request) (uint64, bool, error) {
+	v := r.Header.Get("Last-Event-ID")
+	if v == "" {
+		return 0, false, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n == math.MaxUint64 {
+		return 0, false, invalid("Last-Event-ID", "want the id of an event received, got %q", v)
+	}
+	return n, true, nil
 }
 
 func parseLimit(p map[string]string) (int, error) {
@@ -286,55 +318,65 @@ func parseUint(p map[string]string, name string) (uint64, bool, error) {
 }
 
 // parseReadQuery reads the query of GET /v1/streams/{stream}. A forward
-// read starts at version 0 by default, a backward one at the end.
-func parseReadQuery(stream string, q url.Values) (ReadOptions, error) {
+// read starts at version 0 by default, a backward one at the end. follow
+// reports follow=true (Limit is then 0).
+func parseReadQuery(stream string, q url.Values) (o ReadOptions, follow bool, err error) {
 	if !ValidStreamName(stream) {
-		return ReadOptions{}, invalid("stream", "want 1..%d characters of [A-Za-z0-9_.:-], not starting with '$'", MaxNameLen)
+		return ReadOptions{}, false, invalid("stream", "want 1..%d characters of [A-Za-z0-9_.:-], not starting with '$'", MaxNameLen)
 	}
 	p, err := query(q, "from", "limit", "direction", "follow")
 	if err != nil {
-		return ReadOptions{}, err
+		return ReadOptions{}, false, err
 	}
-	var o ReadOptions
+	if follow, err = parseFollow(p); err != nil {
+		return ReadOptions{}, false, err
+	}
 	switch d := p["direction"]; d {
 	case "", "forward":
 	case "backward":
 		o.Backward = true
 	default:
-		return ReadOptions{}, invalid("direction", "want forward or backward, got %q", d)
+		return ReadOptions{}, false, invalid("direction", "want forward or backward, got %q", d)
 	}
 	from, set, err := parseUint(p, "from")
 	if err != nil {
-		return ReadOptions{}, err
+		return ReadOptions{}, false, err
 	}
 	o.From = from
 	if o.Backward && !set {
 		o.From = math.MaxUint64
 	}
-	if o.Limit, err = parseLimit(p); err != nil {
-		return ReadOptions{}, err
+	if follow {
+		return o, true, nil
 	}
-	return o, nil
+	if o.Limit, err = parseLimit(p); err != nil {
+		return ReadOptions{}, false, err
+	}
+	return o, false, nil
 }
 
 // parseAllQuery reads the query of GET /v1/events. category and types are
-// comma-separated lists.
-func parseAllQuery(q url.Values) (ReadAllOptions, error) {
+// comma-separated lists. follow reports follow=true (Limit is then 0).
+func parseAllQuery(q url.Values) (o ReadAllOptions, follow bool, err error) {
 	p, err := query(q, "from_position", "limit", "category", "types", "follow")
 	if err != nil {
-		return ReadAllOptions{}, err
+		return ReadAllOptions{}, false, err
 	}
-	var o ReadAllOptions
+	if follow, err = parseFollow(p); err != nil {
+		return ReadAllOptions{}, false, err
+	}
 	if o.From, _, err = parseUint(p, "from_position"); err != nil {
-		return ReadAllOptions{}, err
+		return ReadAllOptions{}, false, err
 	}
-	if o.Limit, err = parseLimit(p); err != nil {
-		return ReadAllOptions{}, err
+	if !follow {
+		if o.Limit, err = parseLimit(p); err != nil {
+			return ReadAllOptions{}, false, err
+		}
 	}
 	if v := p["category"]; v != "" {
 		for _, c := range strings.Split(v, ",") {
 			if !ValidStreamName(c) || strings.Contains(c, "-") {
-				return ReadAllOptions{}, invalid("category", "%q is not a category: want the part of a stream name before its first '-'", c)
+				return ReadAllOptions{}, false, invalid("category", "%q is not a category: want the part of a stream name before its first '-'", c)
 			}
 			o.Categories = append(o.Categories, c)
 		}
@@ -342,19 +384,23 @@ func parseAllQuery(q url.Values) (ReadAllOptions, error) {
 	if v := p["types"]; v != "" {
 		for _, t := range strings.Split(v, ",") {
 			if t == "" || len(t) > MaxNameLen {
-				return ReadAllOptions{}, invalid("types", "want a comma-separated list of event types of 1..%d bytes", MaxNameLen)
+				return ReadAllOptions{}, false, invalid("types", "want a comma-separated list of event types of 1..%d bytes", MaxNameLen)
 			}
 			o.Types = append(o.Types, t)
 		}
 	}
-	return o, nil
+	return o, follow, nil
 }
 
 func (a *API) readStream(w http.ResponseWriter, r *http.Request) {
 	stream := r.PathValue("stream")
-	o, err := parseReadQuery(stream, r.URL.Query())
+	o, follow, err := parseReadQuery(stream, r.URL.Query())
 	if err != nil {
 		problem.Write(w, r, err)
+		return
+	}
+	if follow {
+		a.followStream(w, r, stream, o.From)
 		return
 	}
 	es, err := a.Store.ReadStream(r.Context(), stream, o)
@@ -369,9 +415,13 @@ func (a *API) readStream(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) readAll(w http.ResponseWriter, r *http.Request) {
-	o, err := parseAllQuery(r.URL.Query())
+	o, follow, err := parseAllQuery(r.URL.Query())
 	if err != nil {
 		problem.Write(w, r, err)
+		return
+	}
+	if follow {
+		a.followAll(w, r, o)
 		return
 	}
 	es, err := a.Store.ReadAll(r.Context(), o)
@@ -400,4 +450,113 @@ func (a *API) deleteStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// KeepAlive is how often an idle follow sends an SSE comment, so proxies
+// and clients see the connection is alive.
+const KeepAlive = 15 * time.Second
+
+// followStream serves GET /v1/streams/{stream}?follow=true: the stream's
+// events from version from (after Last-Event-ID when an EventSource
+// reconnects), then each new one, as server-sent events whose id is the
+// version. A stream that does not exist yet is waited for; a deleted one
+// answers 410, and deleting it while followed ends the follow with an
+// error event.
+func (a *API) followStream(w http.ResponseWriter, r *http.Request, stream string, from uint64) {
+	if last, ok, err := lastEventID(r); err != nil {
+		problem.Write(w, r, err)
+		return
+	} else if ok {
+		from = last + 1
+	}
+	if _, err := a.Store.ReadStream(r.Context(), stream, ReadOptions{From: from, Limit: 1}); err != nil && !errors.Is(err, ErrStreamNotFound) {
+		problem.Write(w, r, apiError(stream, err))
+		return
+	}
+	a.serveFollow(w, r, func(e Event) uint64 { return e.Version }, func(ctx context.Context, fn func(Event) error) error {
+		return FollowStream(ctx, a.Store, stream, from, fn)
+	})
+}
+
+// followAll serves GET /v1/events?follow=true: the global log from
+// from_position (after Last-Event-ID when an EventSource reconnects), then
+// each new event, as server-sent events whose id is the position.
+func (a *API) followAll(w http.ResponseWriter, r *http.Request, o ReadAllOptions) {
+	if last, ok, err := lastEventID(r); err != nil {
+		problem.Write(w, r, err)
+		return
+	} else if ok {
+		o.From = last + 1
+	}
+	a.serveFollow(w, r, func(e Event) uint64 { return e.Position }, func(ctx context.Context, fn func(Event) error) error {
+		return FollowAll(ctx, a.Store, o, fn)
+	})
+}
+
+// serveFollow streams the events follow hands it as server-sent events,
+// each flushed at once: "id: <id(e)>" and "data: <the event's JSON>". It
+// ends when the client goes away, the node shuts down (Closing) or the
+// follow fails, which is reported as an "error" event.
+func (a *API) serveFollow(w http.ResponseWriter, r *http.Request, id func(Event) uint64, follow func(context.Context, func(Event) error) error) {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	if a.Closing != nil {
+		go func() {
+			select {
+			case <-a.Closing:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	_ = rc.Flush()
+	var mu sync.Mutex
+	idle := make(chan struct{})
+	go func() {
+		defer close(idle)
+		t := time.NewTicker(KeepAlive)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				mu.Lock()
+				_, _ = io.WriteString(w, ": keep-alive\n\n")
+				_ = rc.Flush()
+				mu.Unlock()
+			}
+		}
+	}()
+	var buf bytes.Buffer
+	err := follow(ctx, func(e Event) error {
+		buf.Reset()
+		fmt.Fprintf(&buf, "id: %d\ndata: ", id(e))
+		b, err := json.Marshal(wireEvents([]Event{e})[0])
+		if err != nil {
+			return err
+		}
+		buf.Write(b)
+		buf.WriteString("\n\n")
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := w.Write(buf.Bytes()); err != nil {
+			return err
+		}
+		return rc.Flush()
+	})
+	failed := err != nil && ctx.Err() == nil
+	cancel()
+	<-idle // nothing writes to w once the handler returns
+	if failed {
+		msg, _ := json.Marshal(err.Error())
+		fmt.Fprintf(w, "event: error\ndata: %s\n\n", msg)
+		_ = rc.Flush()
+	}
 }

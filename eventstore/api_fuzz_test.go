@@ -32,7 +32,10 @@ func TestParseReadQuery(t *testing.T) {
 		{"order-1", "from=-1", ReadOptions{}, "from"},
 		{"order-1", "from=18446744073709551616", ReadOptions{}, "from"},
 		{"order-1", "direction=sideways", ReadOptions{}, "direction"},
-		{"order-1", "follow=true", ReadOptions{}, "follow"},
+		{"order-1", "follow=true", ReadOptions{}, ""},
+		{"order-1", "follow=true&from=7&direction=forward", ReadOptions{From: 7}, ""},
+		{"order-1", "follow=true&limit=5", ReadOptions{}, "limit"},
+		{"order-1", "follow=true&direction=backward", ReadOptions{}, "direction"},
 		{"order-1", "follow=maybe", ReadOptions{}, "follow"},
 		{"order-1", "limit=1&limit=2", ReadOptions{}, "limit"},
 		{"order-1", "form=1", ReadOptions{}, "form"},
@@ -42,9 +45,9 @@ func TestParseReadQuery(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := parseReadQuery(tt.stream, q)
+		got, follow, err := parseReadQuery(tt.stream, q)
 		if tt.field == "" {
-			if err != nil || got != tt.want {
+			if err != nil || got != tt.want || follow != (q.Get("follow") == "true") {
 				t.Errorf("%q ?%s: %+v, %v; want %+v", tt.stream, tt.query, got, err, tt.want)
 			}
 			continue
@@ -70,14 +73,17 @@ func TestParseAllQuery(t *testing.T) {
 		{"types=a,,b", ReadAllOptions{}, "types"},
 		{"from_position=x", ReadAllOptions{}, "from_position"},
 		{"limit=0", ReadAllOptions{}, "limit"},
-		{"follow=true", ReadAllOptions{}, "follow"},
+		{"follow=true", ReadAllOptions{}, ""},
+		{"follow=true&from_position=9&category=order", ReadAllOptions{From: 9, Categories: []string{"order"}}, ""},
+		{"follow=true&limit=5", ReadAllOptions{}, "limit"},
+		{"follow=1", ReadAllOptions{}, "follow"},
 		{"from=3", ReadAllOptions{}, "from"},
 	}
 	for _, tt := range tests {
 		q, _ := url.ParseQuery(tt.query)
-		got, err := parseAllQuery(q)
+		got, follow, err := parseAllQuery(q)
 		if tt.field == "" {
-			if err != nil || !reflect.DeepEqual(got, tt.want) {
+			if err != nil || !reflect.DeepEqual(got, tt.want) || follow != (q.Get("follow") == "true") {
 				t.Errorf("?%s: %+v, %v; want %+v", tt.query, got, err, tt.want)
 			}
 			continue
@@ -100,7 +106,7 @@ func FuzzParseReadQuery(f *testing.F) {
 		if err != nil {
 			return
 		}
-		o, err := parseReadQuery(stream, q)
+		o, follow, err := parseReadQuery(stream, q)
 		if err != nil {
 			var p *problem.Problem
 			if !errors.As(err, &p) || p.Status != 422 || len(p.Errors) != 1 {
@@ -111,7 +117,11 @@ func FuzzParseReadQuery(f *testing.F) {
 		if !ValidStreamName(stream) {
 			t.Fatalf("accepted stream name %q", stream)
 		}
-		if o.Limit < 1 || o.Limit > MaxReadLimit {
+		if follow {
+			if o.Limit != 0 || o.Backward || q.Has("limit") {
+				t.Fatalf("follow accepted with %+v", o)
+			}
+		} else if o.Limit < 1 || o.Limit > MaxReadLimit {
 			t.Fatalf("accepted limit %d", o.Limit)
 		}
 		for k, vs := range q {
@@ -125,8 +135,8 @@ func FuzzParseReadQuery(f *testing.F) {
 					t.Fatalf("direction %q read as backward=%v", vs[0], o.Backward)
 				}
 			case "follow":
-				if vs[0] == "true" {
-					t.Fatal("accepted follow=true")
+				if (vs[0] == "true") != follow || vs[0] != "true" && vs[0] != "false" && vs[0] != "" {
+					t.Fatalf("follow %q read as %v", vs[0], follow)
 				}
 			default:
 				t.Fatalf("accepted unknown parameter %q", k)

@@ -1,6 +1,7 @@
 package eventstore_test
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 
@@ -244,9 +246,12 @@ func TestErrors(t *testing.T) {
 			{"read limit 0", "GET", "/v1/streams/present-1?limit=0", "", 422, "validation_failed", "limit"},
 			{"read limit too big", "GET", "/v1/streams/present-1?limit=10001", "", 422, "validation_failed", "limit"},
 			{"read bad direction", "GET", "/v1/streams/present-1?direction=up", "", 422, "validation_failed", "direction"},
-			{"read follow", "GET", "/v1/streams/present-1?follow=true", "", 422, "validation_failed", "follow"},
+			{"read follow with limit", "GET", "/v1/streams/present-1?follow=true&limit=5", "", 422, "validation_failed", "limit"},
+			{"read follow backward", "GET", "/v1/streams/present-1?follow=true&direction=backward", "", 422, "validation_failed", "direction"},
+			{"read follow maybe", "GET", "/v1/streams/present-1?follow=maybe", "", 422, "validation_failed", "follow"},
 			{"read unknown parameter", "GET", "/v1/streams/present-1?color=red", "", 422, "validation_failed", "color"},
-			{"all follow", "GET", "/v1/events?follow=true", "", 422, "validation_failed", "follow"},
+			{"all follow with limit", "GET", "/v1/events?follow=true&limit=5", "", 422, "validation_failed", "limit"},
+			{"all follow yes", "GET", "/v1/events?follow=yes", "", 422, "validation_failed", "follow"},
 			{"all bad position", "GET", "/v1/events?from_position=-3", "", 422, "validation_failed", "from_position"},
 			{"all limit too big", "GET", "/v1/events?limit=20000", "", 422, "validation_failed", "limit"},
 			{"delete missing", "DELETE", "/v1/streams/absent-1", "", 404, "stream_not_found", ""},
@@ -455,5 +460,180 @@ func TestConcurrentWriters(t *testing.T) {
 			t.Fatalf("%d distinct ids, want %d", len(ids), writers*each)
 		}
 		t.Logf("%d conflicts answered 409", conflicts.Load())
+	})
+}
+
+// sse is one server-sent event.
+type sse struct {
+	id, event string
+	data      event
+	raw       string
+}
+
+// follow opens a follow and returns its events as they arrive; the
+// channel closes when the response ends. lastID, when not empty, is sent
+// as Last-Event-ID.
+func follow(t *testing.T, ctx context.Context, n *testutil.Node, path, lastID string) <-chan sse {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, "GET", n.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if tok := n.Config.API.Token; tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		resp.Body.Close()
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	out := make(chan sse, 100)
+	go func() {
+		defer close(out)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		var cur sse
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if cur.id != "" || cur.event != "" {
+					out <- cur
+				}
+				cur = sse{}
+			case strings.HasPrefix(line, "id: "):
+				cur.id = line[4:]
+			case strings.HasPrefix(line, "event: "):
+				cur.event = line[7:]
+			case strings.HasPrefix(line, "data: "):
+				cur.raw = line[6:]
+				_ = json.Unmarshal([]byte(cur.raw), &cur.data)
+			}
+		}
+	}()
+	return out
+}
+
+func next(t *testing.T, c <-chan sse) sse {
+	t.Helper()
+	select {
+	case e, ok := <-c:
+		if !ok {
+			t.Fatal("follow ended")
+		}
+		return e
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+	}
+	return sse{}
+}
+
+// expect reads len(want) events and checks their streams and versions
+// and that each id is the version (stream follow) or position.
+func expect(t *testing.T, c <-chan sse, byPosition bool, want ...string) []sse {
+	t.Helper()
+	var got []sse
+	for _, w := range want {
+		e := next(t, c)
+		if e.event != "" {
+			t.Fatalf("event %q: %s", e.event, e.raw)
+		}
+		id := e.data.Version
+		if byPosition {
+			id = e.data.Position
+		}
+		if have := fmt.Sprintf("%s@%d", e.data.Stream, e.data.Version); have != w || e.id != fmt.Sprint(id) {
+			t.Fatalf("got %s (id %s), want %s", have, e.id, w)
+		}
+		got = append(got, e)
+	}
+	return got
+}
+
+func TestFollow(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, n *testutil.Node) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		ev := func(i int) string { return fmt.Sprintf(`{"type":"E","data":{"n":%d}}`, i) }
+		app := func(stream string, events ...string) {
+			t.Helper()
+			if st := do(t, "POST", n.URL+"/v1/streams/"+stream, appendBody(`"any"`, events...), nil); st != 201 {
+				t.Fatalf("append to %s: %d", stream, st)
+			}
+		}
+		app("fol-1", ev(0), ev(1), ev(2))
+		app("other-1", ev(0))
+
+		st := follow(t, ctx, n, "/v1/streams/fol-1?follow=true", "")
+		all := follow(t, ctx, n, "/v1/events?follow=true&category=fol", "")
+		everything := follow(t, ctx, n, "/v1/events?follow=true", "")
+		expect(t, st, false, "fol-1@0", "fol-1@1", "fol-1@2")
+		caught := expect(t, all, true, "fol-1@0", "fol-1@1", "fol-1@2")
+		expect(t, everything, true, "fol-1@0", "fol-1@1", "fol-1@2", "other-1@0")
+		if caught[0].data.ID == "" || string(caught[0].data.Data) != `{"n":0}` {
+			t.Fatalf("event data: %s", caught[0].raw)
+		}
+
+		// Live: appended after the follows caught up, in order, once.
+		app("fol-1", ev(3), ev(4))
+		app("other-1", ev(1))
+		app("fol-1", ev(5))
+		expect(t, st, false, "fol-1@3", "fol-1@4", "fol-1@5")
+		live := expect(t, all, true, "fol-1@3", "fol-1@4", "fol-1@5")
+		expect(t, everything, true, "fol-1@3", "fol-1@4", "other-1@1", "fol-1@5")
+
+		// Resuming after Last-Event-ID continues after it, then live.
+		rs := follow(t, ctx, n, "/v1/streams/fol-1?follow=true", "3")
+		ra := follow(t, ctx, n, "/v1/events?follow=true&category=fol", live[0].id)
+		rf := follow(t, ctx, n, "/v1/streams/fol-1?follow=true&from=5", "")
+		expect(t, rs, false, "fol-1@4", "fol-1@5")
+		expect(t, ra, true, "fol-1@4", "fol-1@5")
+		expect(t, rf, false, "fol-1@5")
+		app("fol-1", ev(6))
+		for _, c := range []<-chan sse{st, rs, rf} {
+			expect(t, c, false, "fol-1@6")
+		}
+		for _, c := range []<-chan sse{all, ra, everything} {
+			expect(t, c, true, "fol-1@6")
+		}
+
+		// A stream is waited for until it exists.
+		nw := follow(t, ctx, n, "/v1/streams/new-1?follow=true", "")
+		app("new-1", ev(0))
+		expect(t, nw, false, "new-1@0")
+
+		// Deleting a followed stream ends its follow with an error event;
+		// a deleted stream cannot be followed.
+		if code := do(t, "DELETE", n.URL+"/v1/streams/fol-1", "", nil); code != 204 {
+			t.Fatalf("delete: %d", code)
+		}
+		if e := next(t, st); e.event != "error" || !strings.Contains(e.raw, "deleted") {
+			t.Fatalf("after delete: %+v", e)
+		}
+		if _, ok := <-st; ok {
+			t.Fatal("follow of a deleted stream goes on")
+		}
+		var p problemBody
+		if code := do(t, "GET", n.URL+"/v1/streams/fol-1?follow=true", "", &p); code != 410 || p.Code != "stream_deleted" {
+			t.Fatalf("follow of a deleted stream: %d %+v", code, p)
+		}
+
+		// Shutting the node down ends open follows.
+		start := time.Now()
+		n.Stop(t)
+		for _, c := range []<-chan sse{all, everything, rs, ra, rf, nw} {
+			for range c {
+			}
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("shutdown with open follows took %v", d)
+		}
 	})
 }

@@ -44,6 +44,8 @@ func Run(t *testing.T, newStore func(t *testing.T) eventstore.Store) {
 		{"Delete", testDelete},
 		{"ConcurrentAppend", testConcurrentAppend},
 		{"ReadAllWhileWriting", testReadAllWhileWriting},
+		{"Follow", testFollow},
+		{"FollowStream", testFollowStream},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
@@ -618,5 +620,200 @@ func testReadAllWhileWriting(t *testing.T, s eventstore.Store) {
 	}
 	if want := writers * (each + (each+2)/3); len(final) != want {
 		t.Errorf("log has %d events, want %d", len(final), want)
+	}
+}
+
+var errEnough = errors.New("enough events")
+
+// follow runs eventstore.FollowAll from o until it has seen n events,
+// checking that positions strictly increase and no event comes twice.
+func follow(ctx context.Context, s eventstore.Store, o eventstore.ReadAllOptions, n int) ([]eventstore.Event, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var got []eventstore.Event
+	ids := map[string]bool{}
+	err := eventstore.FollowAll(ctx, s, o, func(e eventstore.Event) error {
+		if len(got) > 0 && e.Position <= got[len(got)-1].Position {
+			return fmt.Errorf("position %d after %d", e.Position, got[len(got)-1].Position)
+		}
+		if ids[e.ID] {
+			return fmt.Errorf("event %s delivered twice", e.ID)
+		}
+		ids[e.ID] = true
+		got = append(got, e)
+		if len(got) == n {
+			return errEnough
+		}
+		return nil
+	})
+	if !errors.Is(err, errEnough) {
+		return got, fmt.Errorf("following from %d: %v after %d of %d events", o.From, err, len(got), n)
+	}
+	return got, nil
+}
+
+func mustFollow(t *testing.T, ctx context.Context, s eventstore.Store, o eventstore.ReadAllOptions, n int) []eventstore.Event {
+	t.Helper()
+	got, err := follow(ctx, s, o, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+type followed struct {
+	got []eventstore.Event
+	err error
+}
+
+func testFollow(t *testing.T, s eventstore.Store) {
+	ctx := ctxT(t)
+	const writers, each = 3, 100
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	result := make(chan followed, 1)
+	go func() {
+		got, err := follow(ctx, s, eventstore.ReadAllOptions{}, writers*each)
+		result <- followed{got, err}
+	}()
+	for g := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < each; {
+				// Appends of 1 to 4 events over a few streams.
+				var batch []eventstore.EventData
+				for k := 0; k <= n%4 && n < each; k++ {
+					batch = append(batch, eventstore.EventData{ID: fmt.Sprintf("f%d-%d", g, n), Type: "E", Data: []byte(`{}`)})
+					n++
+				}
+				if _, err := s.Append(ctx, fmt.Sprintf("fol%d-%d", g, n%3), eventstore.Any, batch); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	f := <-result
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+	got := f.got
+	log, err := s.ReadAll(ctx, eventstore.ReadAllOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(log) != len(got) {
+		t.Fatalf("followed %d events, the log has %d", len(got), len(log))
+	}
+	for i := range log {
+		if log[i].Position != got[i].Position || log[i].ID != got[i].ID {
+			t.Fatalf("event %d: followed %d/%s, log has %d/%s", i, got[i].Position, got[i].ID, log[i].Position, log[i].ID)
+		}
+	}
+	for g := range writers {
+		for n := range each {
+			if !slices.ContainsFunc(got, func(e eventstore.Event) bool { return e.ID == fmt.Sprintf("f%d-%d", g, n) }) {
+				t.Errorf("event f%d-%d not followed", g, n)
+			}
+		}
+	}
+
+	// Following from a middle position starts there, then goes on live.
+	mid := got[len(got)/2]
+	tail := make(chan followed, 1)
+	go func() {
+		got, err := follow(ctx, s, eventstore.ReadAllOptions{From: mid.Position}, len(got)-len(got)/2+1)
+		tail <- followed{got, err}
+	}()
+	r := mustAppend(t, s, "fol-live", eventstore.Any, []eventstore.EventData{{ID: "live", Type: "E", Data: []byte(`{}`)}})
+	f = <-tail
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+	rest := f.got
+	if rest[0].ID != mid.ID {
+		t.Fatalf("following from position %d started at %d/%s", mid.Position, rest[0].Position, rest[0].ID)
+	}
+	if last := rest[len(rest)-1]; last.ID != "live" || last.Position != r.Position {
+		t.Fatalf("last event followed: %d/%s, want the live append at %d", last.Position, last.ID, r.Position)
+	}
+
+	// Filters apply while following.
+	typed := mustFollow(t, ctx, s, eventstore.ReadAllOptions{Categories: []string{"fol"}, Types: []string{"E"}}, 1)
+	if typed[0].Stream != "fol-live" {
+		t.Fatalf("category fol: followed %s", typed[0].Stream)
+	}
+}
+
+func testFollowStream(t *testing.T, s eventstore.Store) {
+	ctx, cancel := context.WithTimeout(ctxT(t), 30*time.Second)
+	defer cancel()
+	mustAppend(t, s, "fs-1", eventstore.NoStream, evs("E", 5))
+	mustAppend(t, s, "fs-2", eventstore.NoStream, evs("E", 2))
+	res := make(chan followed, 1)
+	seen := make(chan struct{}, 10)
+	go func() {
+		var got []eventstore.Event
+		err := eventstore.FollowStream(ctx, s, "fs-1", 3, func(e eventstore.Event) error {
+			got = append(got, e)
+			seen <- struct{}{}
+			return nil
+		})
+		res <- followed{got, err}
+	}()
+	wait := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-seen:
+			case r := <-res:
+				t.Fatalf("follow ended early: %v after %v", r.err, versions(r.got))
+			}
+		}
+	}
+	wait(2)
+	mustAppend(t, s, "fs-1", 4, evs("F", 2))
+	mustAppend(t, s, "fs-2", eventstore.Any, evs("F", 1))
+	wait(2)
+	if err := s.Delete(ctx, "fs-1"); err != nil {
+		t.Fatal(err)
+	}
+	r := <-res
+	if !errors.Is(r.err, eventstore.ErrStreamDeleted) {
+		t.Fatalf("follow ended with %v, want ErrStreamDeleted", r.err)
+	}
+	if v := versions(r.got); !slices.Equal(v, []uint64{3, 4, 5, 6}) {
+		t.Fatalf("followed versions %v, want [3 4 5 6]", v)
+	}
+	for _, e := range r.got {
+		if e.Stream != "fs-1" {
+			t.Fatalf("followed an event of %s", e.Stream)
+		}
+	}
+	err := eventstore.FollowStream(ctx, s, "fs-1", 0, func(eventstore.Event) error { return nil })
+	if !errors.Is(err, eventstore.ErrStreamDeleted) {
+		t.Fatalf("following a deleted stream: %v, want ErrStreamDeleted", err)
+	}
+
+	// A stream that does not exist yet is waited for.
+	first := make(chan error, 1)
+	go func() {
+		first <- eventstore.FollowStream(ctx, s, "fs-3", 0, func(e eventstore.Event) error {
+			if e.Version != 0 {
+				return fmt.Errorf("first event has version %d", e.Version)
+			}
+			return errEnough
+		})
+	}()
+	time.Sleep(2 * eventstore.PollInterval)
+	mustAppend(t, s, "fs-3", eventstore.NoStream, evs("E", 1))
+	if err := <-first; !errors.Is(err, errEnough) {
+		t.Fatalf("following a new stream: %v", err)
 	}
 }

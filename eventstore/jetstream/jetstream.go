@@ -89,7 +89,11 @@ type Store struct {
 // DefaultClaimGrace is the age after which an uncommitted claim is stale.
 const DefaultClaimGrace = 30 * time.Second
 
-var _ eventstore.Store = (*Store)(nil)
+var (
+	_ eventstore.Store          = (*Store)(nil)
+	_ eventstore.Follower       = (*Store)(nil)
+	_ eventstore.StreamFollower = (*Store)(nil)
+)
 
 // Open creates (or updates) the store's JetStream streams under prefix,
 // which must be 1..64 characters of [A-Za-z0-9_-].
@@ -613,4 +617,121 @@ func (s *Store) ReadAll(ctx context.Context, o eventstore.ReadAllOptions) ([]eve
 		return true
 	})
 	return out, err
+}
+
+// follow delivers the commits matching filter from sequence from on, then
+// each new one live, through an ordered consumer (which recreates itself
+// at the next sequence when it loses its place, so none is skipped or
+// repeated), until ctx ends or fn fails.
+func (s *Store) follow(ctx context.Context, filter string, from uint64, fn func(*commit) error) error {
+	cons, err := s.js.OrderedConsumer(ctx, s.events, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(from, 1)})
+	if err != nil {
+		return ctxErr(ctx, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return ctxErr(ctx, err)
+	}
+	defer it.Stop()
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return ctxErr(ctx, err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return err
+		}
+		c, err := decode(meta.Sequence.Stream, msg.Headers(), msg.Data(), meta.Timestamp, true)
+		if err != nil {
+			return err
+		}
+		if err := fn(c); err != nil {
+			return err
+		}
+	}
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// FollowAll implements eventstore.Follower: one ordered consumer reads the
+// log from o.From and simply continues live.
+func (s *Store) FollowAll(ctx context.Context, o eventstore.ReadAllOptions, fn func(eventstore.Event) error) error {
+	filter := s.esBase + ">"
+	if len(o.Categories) == 1 {
+		filter = s.esBase + token(o.Categories[0]) + ".>"
+	}
+	return s.follow(ctx, filter, o.From>>16, func(c *commit) error {
+		if c.deleted || len(o.Categories) > 1 && !slices.Contains(o.Categories, eventstore.Category(c.stream)) {
+			return nil
+		}
+		for _, e := range c.events() {
+			if e.Position < o.From || len(o.Types) > 0 && !slices.Contains(o.Types, e.Type) {
+				continue
+			}
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// FollowStream implements eventstore.StreamFollower: it reads the stream's
+// events up to its last commit as ReadStream does, then follows its subject
+// live from the next sequence; a tombstone ends it with ErrStreamDeleted.
+func (s *Store) FollowStream(ctx context.Context, stream string, from uint64, fn func(eventstore.Event) error) error {
+	if !eventstore.ValidStreamName(stream) {
+		return fmt.Errorf("%w: stream name %q", eventstore.ErrInvalid, stream)
+	}
+	last, err := s.last(ctx, stream)
+	if err != nil {
+		return ctxErr(ctx, err)
+	}
+	next := from
+	deliver := func(c *commit) error {
+		if c.deleted {
+			return fmt.Errorf("%w: %q", eventstore.ErrStreamDeleted, stream)
+		}
+		for _, e := range c.events() {
+			if e.Version < next {
+				continue
+			}
+			if err := fn(e); err != nil {
+				return err
+			}
+			next = e.Version + 1
+		}
+		return nil
+	}
+	start := uint64(1)
+	if last != nil {
+		if last.deleted {
+			return fmt.Errorf("%w: %q", eventstore.ErrStreamDeleted, stream)
+		}
+		hist, err := s.history(ctx, stream, last.seq)
+		if err != nil {
+			return ctxErr(ctx, err)
+		}
+		// Only the commits after the last tombstone are the stream now.
+		for i := len(hist) - 1; i >= 0; i-- {
+			if hist[i].deleted {
+				hist = hist[i+1:]
+				break
+			}
+		}
+		for _, c := range hist {
+			if err := deliver(c); err != nil {
+				return err
+			}
+		}
+		start = last.seq + 1
+	}
+	return s.follow(ctx, s.streamSubject(stream), start, deliver)
 }

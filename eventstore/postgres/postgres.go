@@ -24,9 +24,16 @@ type Store struct {
 	db      *sql.DB
 	schema  string
 	lockKey int64
+	// committed is notified after each append or delete this process
+	// commits, so followers here see it without waiting to poll again.
+	committed eventstore.Signal
 }
 
-var _ eventstore.Store = (*Store)(nil)
+var (
+	_ eventstore.Store          = (*Store)(nil)
+	_ eventstore.Follower       = (*Store)(nil)
+	_ eventstore.StreamFollower = (*Store)(nil)
+)
 
 // Open creates the store's tables in schema (if missing) and returns the
 // store. The caller owns db; Close does not close it.
@@ -171,6 +178,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	if err := tx.Commit(); err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("eventstore: append: %w", err)
 	}
+	s.committed.Notify()
 	return eventstore.AppendResult{
 		FirstVersion: uint64(first),
 		LastVersion:  uint64(newLast),
@@ -353,5 +361,19 @@ func (s *Store) Delete(ctx context.Context, stream string) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("eventstore: delete: %w", err)
 	}
+	s.committed.Notify()
 	return nil
+}
+
+// FollowAll implements eventstore.Follower by polling ReadAll every
+// eventstore.PollInterval, at once after a commit by this process. Commits
+// by other processes are seen within the poll interval.
+func (s *Store) FollowAll(ctx context.Context, o eventstore.ReadAllOptions, fn func(eventstore.Event) error) error {
+	return eventstore.PollAll(ctx, s, o, fn, s.committed.Wait)
+}
+
+// FollowStream implements eventstore.StreamFollower, polling like
+// FollowAll.
+func (s *Store) FollowStream(ctx context.Context, stream string, from uint64, fn func(eventstore.Event) error) error {
+	return eventstore.PollStream(ctx, s, stream, from, fn, s.committed.Wait)
 }
