@@ -1,8 +1,8 @@
 package docs_test
 
-// TestDocs runs the examples of docs/messaging.md, docs/mesh.md and of the
-// tour in README.md against a real node, so the documentation cannot
-// drift from what Junction does.
+// TestDocs runs the examples of docs/messaging.md, docs/mesh.md,
+// docs/eventsourcing.md and of the tour in README.md against a real node,
+// so the documentation cannot drift from what Junction does.
 //
 // The conventions the documents follow:
 //
@@ -96,6 +96,7 @@ func TestDocs(t *testing.T) {
 	docs := []struct{ file, section string }{
 		{"messaging.md", ""},
 		{"mesh.md", ""},
+		{"eventsourcing.md", ""},
 		{"../README.md", "tour"},
 	}
 	for _, d := range docs {

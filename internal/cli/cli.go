@@ -42,7 +42,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
-	fmt.Fprintln(stderr, "junction: "+oneLine(err.Error()))
+	// Client errors name Junction already; say it once.
+	fmt.Fprintln(stderr, "junction: "+strings.TrimPrefix(oneLine(err.Error()), "junction: "))
 	return 1
 }
 
