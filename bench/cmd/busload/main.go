@@ -15,7 +15,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -24,6 +23,8 @@ import (
 	"time"
 
 	"github.com/junctionhq/junction/bench/internal/procstat"
+
+	"github.com/junctionhq/junction/bench/internal/benchhttp"
 )
 
 type result struct {
@@ -100,15 +101,7 @@ type worker struct {
 }
 
 func run(url, mode string, batch, conns int, duration, warmup time.Duration, count, size int, token string, pid int) (result, error) {
-	tr := &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        conns,
-		MaxIdleConnsPerHost: conns,
-		MaxConnsPerHost:     conns,
-		DisableCompression:  true,
-		IdleConnTimeout:     90 * time.Second,
-	}
+	tr := benchhttp.Transport(conns)
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	payload := make([]byte, size)

@@ -39,6 +39,8 @@ import (
 	"time"
 
 	"github.com/junctionhq/junction/bench/internal/procstat"
+
+	"github.com/junctionhq/junction/bench/internal/benchhttp"
 )
 
 func main() {
@@ -249,15 +251,7 @@ func (w *worker) fail(err error) {
 }
 
 func newClient(conns int, timeout time.Duration) *http.Client {
-	tr := &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        conns,
-		MaxIdleConnsPerHost: conns,
-		MaxConnsPerHost:     conns,
-		DisableCompression:  true,
-		IdleConnTimeout:     90 * time.Second,
-	}
+	tr := benchhttp.Transport(conns)
 	return &http.Client{Transport: tr, Timeout: timeout}
 }
 
