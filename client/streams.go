@@ -171,6 +171,56 @@ func (c *Client) DeleteStream(ctx context.Context, stream string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/streams/"+esc(stream), nil, nil, nil)
 }
 
+// Retention bounds what a stream keeps: its events of the last MaxAge,
+// and its last MaxCount versions. Zero fields mean no bound.
+type Retention struct {
+	MaxAge   time.Duration
+	MaxCount uint64
+}
+
+// wireRetention is a Retention as the API spells it: max_age is a Go
+// duration string, and zero fields are left out.
+type wireRetention struct {
+	MaxAge   string `json:"max_age,omitempty"`
+	MaxCount uint64 `json:"max_count,omitempty"`
+}
+
+func (w wireRetention) retention() (Retention, error) {
+	r := Retention{MaxCount: w.MaxCount}
+	if w.MaxAge != "" {
+		d, err := time.ParseDuration(w.MaxAge)
+		if err != nil {
+			return Retention{}, fmt.Errorf("retention: max_age: %w", err)
+		}
+		r.MaxAge = d
+	}
+	return r, nil
+}
+
+// SetRetention sets stream's retention, also before the stream exists;
+// the zero Retention removes it. Events outside it are no longer read and
+// are removed from the store. It returns the retention stored.
+func (c *Client) SetRetention(ctx context.Context, stream string, r Retention) (Retention, error) {
+	in := wireRetention{MaxCount: r.MaxCount}
+	if r.MaxAge != 0 {
+		in.MaxAge = r.MaxAge.String()
+	}
+	var out wireRetention
+	if err := c.do(ctx, http.MethodPut, "/v1/streams/"+esc(stream)+"/retention", nil, jsonBody(in), &out); err != nil {
+		return Retention{}, err
+	}
+	return out.retention()
+}
+
+// GetRetention returns stream's retention, zero when it has none.
+func (c *Client) GetRetention(ctx context.Context, stream string) (Retention, error) {
+	var out wireRetention
+	if err := c.do(ctx, http.MethodGet, "/v1/streams/"+esc(stream)+"/retention", nil, nil, &out); err != nil {
+		return Retention{}, err
+	}
+	return out.retention()
+}
+
 func encodeQuery(q url.Values) string {
 	if len(q) == 0 {
 		return ""

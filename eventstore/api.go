@@ -44,6 +44,8 @@ func (a *API) Routes() []httpserver.Route {
 		{Method: "POST", Path: "/v1/streams/{stream}", Tag: tag, Summary: "Append events to a stream if its version is as expected; retrying the same event ids returns the first result", Status: 201, Request: appendSchema, Response: appendResultSchema, Handler: a.append},
 		{Method: "GET", Path: "/v1/streams/{stream}", Tag: tag, Summary: "Read a stream's events forward or backward from a version; with follow=true, stream them from the version (or after Last-Event-ID) and then live as server-sent events", Query: []string{"from", "limit", "direction", "follow"}, Response: streamSchema, Handler: a.readStream},
 		{Method: "DELETE", Path: "/v1/streams/{stream}", Tag: tag, Summary: "Soft-delete a stream: reads answer 410, the global log keeps its events", Status: 204, Handler: a.deleteStream},
+		{Method: "PUT", Path: "/v1/streams/{stream}/retention", Tag: tag, Summary: "Set a stream's retention (its maximum age and event count; absent fields mean no bound), also before the stream exists; events outside it are no longer read and are removed", Request: retentionSchema, Response: retentionSchema, Handler: a.setRetention},
+		{Method: "GET", Path: "/v1/streams/{stream}/retention", Tag: tag, Summary: "Read a stream's retention; an empty object when it has none", Response: retentionSchema, Handler: a.getRetention},
 		{Method: "GET", Path: "/v1/events", Tag: tag, Summary: "Read the global log of every stream in commit order, optionally filtered by category and event type; with follow=true, stream it from the position (or after Last-Event-ID) and then live as server-sent events", Query: []string{"from_position", "limit", "category", "types", "follow"}, Response: allSchema, Handler: a.readAll},
 	}
 }
@@ -65,6 +67,9 @@ var (
 	eventSchema        = obj{"type": "object", "properties": obj{
 		"stream": str, "version": integer, "position": integer, "id": str, "type": str, "data": anyJSON, "metadata": anyJSON,
 		"time": obj{"type": "string", "format": "date-time"}}}
+	retentionSchema = obj{"type": "object", "additionalProperties": false, "properties": obj{
+		"max_age":   obj{"type": "string", "description": `a duration such as "720h" or "90m"; absent means no maximum age`},
+		"max_count": obj{"type": "integer", "minimum": 0, "description": "how many of the last versions are kept; absent or 0 means no maximum"}}}
 	streamSchema = obj{"type": "object", "properties": obj{"stream": str, "events": arrayOf(eventSchema)}}
 	allSchema    = obj{"type": "object", "properties": obj{"events": arrayOf(eventSchema),
 		"next_position": obj{"type": "integer", "description": "pass as from_position to continue after these events"}}}
@@ -450,6 +455,80 @@ func (a *API) deleteStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// WireRetention is a stream's retention as the HTTP API spells it:
+// max_age is a Go duration string. Absent fields mean no bound.
+type WireRetention struct {
+	MaxAge   *string `json:"max_age,omitempty"`
+	MaxCount *uint64 `json:"max_count,omitempty"`
+}
+
+func wireRetention(r Retention) WireRetention {
+	var w WireRetention
+	if r.MaxAge != 0 {
+		s := r.MaxAge.String()
+		w.MaxAge = &s
+	}
+	if r.MaxCount != 0 {
+		w.MaxCount = &r.MaxCount
+	}
+	return w
+}
+
+// parseRetention validates a retention request.
+func parseRetention(stream string, w WireRetention) (Retention, error) {
+	if !ValidStreamName(stream) {
+		return Retention{}, invalid("stream", "want 1..%d characters of [A-Za-z0-9_.:-], not starting with '$'", MaxNameLen)
+	}
+	var r Retention
+	if w.MaxAge != nil {
+		d, err := time.ParseDuration(*w.MaxAge)
+		if err != nil || d < 0 {
+			return Retention{}, invalid("max_age", `want a duration >= 0 such as "720h" or "90m", got %q`, *w.MaxAge)
+		}
+		r.MaxAge = d
+	}
+	if w.MaxCount != nil {
+		r.MaxCount = *w.MaxCount
+	}
+	if r.MaxCount > math.MaxInt64 {
+		return Retention{}, invalid("max_count", "want a number from 0 to %d", int64(math.MaxInt64))
+	}
+	return r, nil
+}
+
+func (a *API) setRetention(w http.ResponseWriter, r *http.Request) {
+	var req WireRetention
+	if err := httpserver.DecodeJSON(w, r, &req, a.MaxBodyBytes, false); err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	stream := r.PathValue("stream")
+	ret, err := parseRetention(stream, req)
+	if err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	if err := a.Store.SetRetention(r.Context(), stream, ret); err != nil {
+		problem.Write(w, r, apiError(stream, err))
+		return
+	}
+	httpserver.WriteJSON(w, http.StatusOK, wireRetention(ret))
+}
+
+func (a *API) getRetention(w http.ResponseWriter, r *http.Request) {
+	stream := r.PathValue("stream")
+	if !ValidStreamName(stream) {
+		problem.Write(w, r, invalid("stream", "want 1..%d characters of [A-Za-z0-9_.:-], not starting with '$'", MaxNameLen))
+		return
+	}
+	ret, err := a.Store.GetRetention(r.Context(), stream)
+	if err != nil {
+		problem.Write(w, r, apiError(stream, err))
+		return
+	}
+	httpserver.WriteJSON(w, http.StatusOK, wireRetention(ret))
 }
 
 // KeepAlive is how often an idle follow sends an SSE comment, so proxies

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 
+	"github.com/junctionhq/junction/client"
 	"github.com/junctionhq/junction/eventstore"
 	"github.com/junctionhq/junction/internal/testutil"
 )
@@ -634,6 +636,104 @@ func TestFollow(t *testing.T) {
 		}
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("shutdown with open follows took %v", d)
+		}
+	})
+}
+
+func TestRetention(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, n *testutil.Node) {
+		u := n.URL + "/v1/streams/trim-1/retention"
+		cases := []struct {
+			name, method, body string
+			want               string
+		}{
+			{"both", "PUT", `{"max_age":"720h","max_count":1000}`, `{"max_age":"720h0m0s","max_count":1000}`},
+			{"read both", "GET", "", `{"max_age":"720h0m0s","max_count":1000}`},
+			{"age only", "PUT", `{"max_age":"90m"}`, `{"max_age":"1h30m0s"}`},
+			{"count only", "PUT", `{"max_count":2}`, `{"max_count":2}`},
+			{"read count only", "GET", "", `{"max_count":2}`},
+		}
+		for _, c := range cases {
+			st, _, body := testutil.Do(t, c.method, u, map[string]string{"Content-Type": "application/json"}, c.body)
+			if st != 200 || strings.TrimSpace(body) != c.want {
+				t.Fatalf("%s: %d %s, want 200 %s", c.name, st, body, c.want)
+			}
+		}
+		// Set before the stream existed, it applies from the first append.
+		for i := 0; i < 5; i++ {
+			if st := do(t, "POST", n.URL+"/v1/streams/trim-1", appendBody(`"any"`, fmt.Sprintf(`{"type":"x","data":%d}`, i)), nil); st != 201 {
+				t.Fatalf("append: %d", st)
+			}
+		}
+		if got := fmt.Sprint(versions(readStream(t, n, "trim-1", ""))); got != "[3 4]" {
+			t.Fatalf("read with max_count 2: versions %s", got)
+		}
+		if got := fmt.Sprint(versions(readStream(t, n, "trim-1", "?direction=backward"))); got != "[4 3]" {
+			t.Fatalf("read backward with max_count 2: versions %s", got)
+		}
+		var r appendResult
+		if st := do(t, "POST", n.URL+"/v1/streams/trim-1", appendBody("4", `{"type":"x","data":5}`), &r); st != 201 || r.FirstVersion != 5 {
+			t.Fatalf("append at version 4: %d %+v", st, r)
+		}
+
+		// The Go client sees the same.
+		c := client.New(n.URL, client.WithToken(n.Config.API.Token))
+		ctx := context.Background()
+		if got, err := c.GetRetention(ctx, "trim-1"); err != nil || got != (client.Retention{MaxCount: 2}) {
+			t.Fatalf("client GetRetention: %+v, %v", got, err)
+		}
+		want := client.Retention{MaxAge: 36 * time.Hour, MaxCount: 7}
+		if got, err := c.SetRetention(ctx, "trim-2", want); err != nil || got != want {
+			t.Fatalf("client SetRetention: %+v, %v", got, err)
+		}
+		if got, err := c.GetRetention(ctx, "trim-2"); err != nil || got != want {
+			t.Fatalf("client GetRetention after set: %+v, %v", got, err)
+		}
+		if got, err := c.SetRetention(ctx, "trim-2", client.Retention{}); err != nil || got != (client.Retention{}) {
+			t.Fatalf("client SetRetention to none: %+v, %v", got, err)
+		}
+		if st, _, body := testutil.Do(t, "GET", n.URL+"/v1/streams/trim-2/retention", nil, ""); st != 200 || strings.TrimSpace(body) != `{}` {
+			t.Fatalf("retention removed: %d %s", st, body)
+		}
+		var ce *client.Error
+		if _, err := c.SetRetention(ctx, "$all", want); !errors.As(err, &ce) || ce.Code != "validation_failed" {
+			t.Fatalf("client SetRetention of $all: %v", err)
+		}
+	})
+}
+
+func TestRetentionErrors(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, n *testutil.Node) {
+		cases := []struct {
+			name, method, path, body string
+			status                   int
+			code, field              string
+		}{
+			{"bad duration", "PUT", "/v1/streams/r-1/retention", `{"max_age":"forever"}`, 422, "validation_failed", "max_age"},
+			{"negative duration", "PUT", "/v1/streams/r-1/retention", `{"max_age":"-1h"}`, 422, "validation_failed", "max_age"},
+			{"duration as number", "PUT", "/v1/streams/r-1/retention", `{"max_age":3600}`, 422, "validation_failed", "max_age"},
+			{"negative count", "PUT", "/v1/streams/r-1/retention", `{"max_count":-1}`, 422, "validation_failed", "max_count"},
+			{"fractional count", "PUT", "/v1/streams/r-1/retention", `{"max_count":1.5}`, 422, "validation_failed", "max_count"},
+			{"count beyond int64", "PUT", "/v1/streams/r-1/retention", `{"max_count":9223372036854775808}`, 422, "validation_failed", "max_count"},
+			{"unknown field", "PUT", "/v1/streams/r-1/retention", `{"max_size":10}`, 422, "validation_failed", "max_size"},
+			{"bad JSON", "PUT", "/v1/streams/r-1/retention", `{"max_count":`, 400, "bad_json", ""},
+			{"no body", "PUT", "/v1/streams/r-1/retention", ``, 400, "bad_json", ""},
+			{"reserved stream", "PUT", "/v1/streams/$all/retention", `{"max_count":1}`, 422, "validation_failed", "stream"},
+			{"read reserved stream", "GET", "/v1/streams/$all/retention", "", 422, "validation_failed", "stream"},
+		}
+		for _, c := range cases {
+			var p problemBody
+			st := do(t, c.method, n.URL+c.path, c.body, &p)
+			if st != c.status || p.Code != c.code || p.Status != c.status {
+				t.Errorf("%s: %d %+v, want %d %s", c.name, st, p, c.status, c.code)
+				continue
+			}
+			if c.field != "" && (len(p.Errors) != 1 || p.Errors[0].Field != c.field) {
+				t.Errorf("%s: errors %+v, want one naming %s", c.name, p.Errors, c.field)
+			}
+		}
+		if st, _, body := testutil.Do(t, "GET", n.URL+"/v1/streams/r-1/retention", nil, ""); st != 200 || strings.TrimSpace(body) != `{}` {
+			t.Fatalf("retention after refused requests: %d %s", st, body)
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -88,21 +89,75 @@ type ReadAllOptions struct {
 	Types      []string
 }
 
+// Retention bounds what a stream keeps, like EventStoreDB's $maxAge and
+// $maxCount: only its last MaxCount versions, and only events whose Time is
+// within MaxAge of now. Zero fields mean no bound.
+type Retention struct {
+	MaxAge   time.Duration
+	MaxCount uint64
+}
+
+// IsZero reports whether r keeps everything.
+func (r Retention) IsZero() bool { return r.MaxAge == 0 && r.MaxCount == 0 }
+
+// Validate refuses a negative MaxAge, and a MaxCount above math.MaxInt64
+// (which not every backend can store), with ErrInvalid.
+func (r Retention) Validate() error {
+	if r.MaxAge < 0 {
+		return fmt.Errorf("%w: max age %v is negative", ErrInvalid, r.MaxAge)
+	}
+	if r.MaxCount > math.MaxInt64 {
+		return fmt.Errorf("%w: max count %d is above %d", ErrInvalid, r.MaxCount, int64(math.MaxInt64))
+	}
+	return nil
+}
+
+// MinVersion is the lowest version MaxCount keeps when the stream's last
+// version is last (-1 when it has none).
+func (r Retention) MinVersion(last int64) uint64 {
+	if r.MaxCount == 0 || last < 0 || uint64(last)+1 <= r.MaxCount {
+		return 0
+	}
+	return uint64(last) + 1 - r.MaxCount
+}
+
+// Cutoff is the oldest event time MaxAge keeps at now: events strictly
+// before it have expired. The zero time when there is no MaxAge.
+func (r Retention) Cutoff(now time.Time) time.Time {
+	if r.MaxAge == 0 {
+		return time.Time{}
+	}
+	return now.Add(-r.MaxAge)
+}
+
 // Store is an event store backend.
 type Store interface {
 	// Append writes events atomically at the end of stream if expected holds.
 	Append(ctx context.Context, stream string, expected ExpectedVersion, events []EventData) (AppendResult, error)
 	// ReadStream reads one stream; ErrStreamNotFound or ErrStreamDeleted
-	// when there is nothing to read.
+	// when there is nothing to read. It never returns events outside the
+	// stream's retention; a stream all of whose events have expired reads
+	// as empty, without error.
 	ReadStream(ctx context.Context, stream string, o ReadOptions) ([]Event, error)
 	// ReadAll reads the global log. Events of streams deleted since they
 	// were written stay in it: the log is history, and projections built
-	// from it must be able to replay it.
+	// from it must be able to replay it. Events outside their stream's
+	// retention stay in it too until a scavenge removes them (setting a
+	// retention scavenges its stream, and so does each append to a stream
+	// with one): ReadAll drops them only once scavenged.
 	ReadAll(ctx context.Context, o ReadAllOptions) ([]Event, error)
 	// Delete soft-deletes stream: reads give ErrStreamDeleted; appending
 	// with NoStream or Any starts it again at the next version (versions
 	// are never reused).
 	Delete(ctx context.Context, stream string) error
+	// SetRetention stores stream's retention (the zero Retention removes
+	// it) and scavenges the stream. The stream need not exist yet: the
+	// retention applies once it does. Versions are never renumbered: the
+	// stream's next append still gets the version after its true last one,
+	// and expected-version checks see that version.
+	SetRetention(ctx context.Context, stream string, r Retention) error
+	// GetRetention returns stream's retention, zero when it has none.
+	GetRetention(ctx context.Context, stream string) (Retention, error)
 	// Close releases the backend's resources.
 	Close() error
 }

@@ -16,18 +16,29 @@ import (
 	"github.com/junctionhq/junction/eventstore"
 )
 
-// Run runs the suite; newStore returns an empty store, closed by the suite.
-func Run(t *testing.T, newStore func(t *testing.T) eventstore.Store) {
-	open := func(t *testing.T) eventstore.Store {
-		t.Helper()
-		s := newStore(t)
-		t.Cleanup(func() {
-			if err := s.Close(); err != nil {
-				t.Errorf("close: %v", err)
-			}
-		})
-		return s
+// Opener opens a store on the storage one test was given. Each call
+// returns a new store on that same storage, which sees everything earlier
+// ones wrote, as a store opened after a restart does. now is the store's
+// clock, the one retention's MaxAge is measured against.
+type Opener func(t *testing.T, now func() time.Time) eventstore.Store
+
+// Run runs the suite; newStore returns an Opener on fresh, empty storage
+// for one test. The suite closes the stores it opens.
+func Run(t *testing.T, newStore func(t *testing.T) Opener) {
+	opener := func(t *testing.T) Opener {
+		o := newStore(t)
+		return func(t *testing.T, now func() time.Time) eventstore.Store {
+			t.Helper()
+			s := o(t, now)
+			t.Cleanup(func() {
+				if err := s.Close(); err != nil {
+					t.Errorf("close: %v", err)
+				}
+			})
+			return s
+		}
 	}
+	open := func(t *testing.T) eventstore.Store { return opener(t)(t, time.Now) }
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s eventstore.Store)
@@ -49,6 +60,21 @@ func Run(t *testing.T, newStore func(t *testing.T) eventstore.Store) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
+	}
+	retention := []struct {
+		name string
+		fn   func(t *testing.T, open Opener)
+	}{
+		{"RetentionMaxCount", testRetentionMaxCount},
+		{"RetentionMaxAge", testRetentionMaxAge},
+		{"RetentionBeforeStream", testRetentionBeforeStream},
+		{"RetentionScavenge", testRetentionScavenge},
+		{"RetentionDelete", testRetentionDelete},
+		{"RetentionInvalid", testRetentionInvalid},
+		{"TwoStores", testTwoStores},
+	}
+	for _, tc := range retention {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, opener(t)) })
 	}
 }
 

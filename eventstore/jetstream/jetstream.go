@@ -11,12 +11,27 @@
 //   - Stream P_ids, subjects P.id.>: one claim message per event ID on
 //     P.id.<id>, whose body is the name of the stream the event went to.
 //     Claims make event IDs unique across the whole store.
+//   - Stream P_meta, subjects P.meta.>, one message per subject: a
+//     stream's retention on P.meta.<stream>, as JSON. A stream of its own
+//     rather than a KV bucket, so that it lives under the store's prefix
+//     like the others (one prefix to grant, list or purge), and rather
+//     than messages in P_events, so that metadata set before a stream
+//     exists takes no position in the global log.
+//
+// Retention is applied when reading, and a scavenge after each append to
+// a stream with a retention (and when one is set) deletes, oldest first,
+// the commits all of whose events have expired, with their claims. The
+// stream's last commit is never deleted, since it carries the next
+// version; when all its events have expired it is replaced by a commit
+// with no events.
 //
 // An append first claims its IDs (publish with an expected last subject
-// sequence of 0, so a claim fails when the ID is taken), then reads the
-// stream's last commit, checks the expected version and publishes the
-// commit with the last commit's sequence as the expected last subject
-// sequence, so a racing writer makes it fail and the append re-checks.
+// sequence of 0, so a claim fails when the ID is taken), then takes the
+// stream's last commit (from a cache of the streams this store wrote, else
+// from the server), checks the expected version and publishes the commit
+// with the last commit's sequence as the expected last subject sequence,
+// so a racing writer, or a stale cache, makes it fail and the append reads
+// the last commit from the server and re-checks.
 // When an append fails after claiming, its claims are deleted again. A
 // claim that fails sends the append down the idempotency path: if the IDs
 // are, in order, consecutive events of the target stream, the original
@@ -27,7 +42,9 @@
 //
 // Costs and limits:
 //   - An append costs one claim per event (published asynchronously, so
-//     about one round trip), a last-message lookup and the commit.
+//     about one round trip) and the commit; plus a last-message lookup
+//     when the stream's last commit is not cached or is stale, and a
+//     retention lookup and a scavenge when the stream has a retention.
 //   - ReadStream, and the idempotency path of Append, read every commit of
 //     the stream from its beginning (backward reads collect, then reverse).
 //   - ReadAll with several categories reads all categories and filters on
@@ -51,6 +68,8 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -65,6 +84,10 @@ const (
 	hdrCount   = "Junction-Count"
 	hdrDeleted = "Junction-Deleted"
 
+	// scavengeBudget bounds the events whose commits one append's scavenge
+	// deletes, so an append stays cheap when a large change is pending.
+	scavengeBudget = 256
+
 	maxEvents  = 1<<16 - 1
 	fetchSize  = 256
 	claimChunk = 512
@@ -76,10 +99,18 @@ type Store struct {
 	prefix  string
 	events  string // stream names
 	ids     string
+	meta    string
 	idsBase string // subject prefixes
 	esBase  string
+	mtBase  string
 	evSt    jetstream.Stream
 	idSt    jetstream.Stream
+	mtSt    jetstream.Stream
+	now     func() time.Time // retention's MaxAge is measured against it
+	tips    tips
+	// retained follows P_meta until Close.
+	retained  retained
+	stopWatch func()
 	// claimGrace is how old a claim must be before an append that finds
 	// its IDs claimed but never committed may take them over: older than
 	// any append still in flight, so the claim's owner died.
@@ -95,28 +126,41 @@ var (
 	_ eventstore.StreamFollower = (*Store)(nil)
 )
 
+// Option configures a Store.
+type Option func(*Store)
+
+// WithClock sets the clock that retention's MaxAge is measured against
+// (time.Now by default), so tests can move time instead of waiting.
+func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+
 // Open creates (or updates) the store's JetStream streams under prefix,
 // which must be 1..64 characters of [A-Za-z0-9_-].
-func Open(ctx context.Context, js jetstream.JetStream, prefix string) (*Store, error) {
+func Open(ctx context.Context, js jetstream.JetStream, prefix string, opts ...Option) (*Store, error) {
 	if !validPrefix(prefix) {
 		return nil, fmt.Errorf("%w: prefix %q: want 1..64 characters of [A-Za-z0-9_-]", eventstore.ErrInvalid, prefix)
 	}
-	s := &Store{js: js, prefix: prefix, claimGrace: DefaultClaimGrace,
-		events: prefix + "_events", ids: prefix + "_ids",
-		esBase: prefix + ".es.", idsBase: prefix + ".id."}
-	for _, cfg := range []jetstream.StreamConfig{
-		{Name: s.events, Subjects: []string{s.esBase + ">"}, Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew},
-		{Name: s.ids, Subjects: []string{s.idsBase + ">"}, Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew},
+	s := &Store{js: js, prefix: prefix, claimGrace: DefaultClaimGrace, now: time.Now,
+		events: prefix + "_events", ids: prefix + "_ids", meta: prefix + "_meta",
+		esBase: prefix + ".es.", idsBase: prefix + ".id.", mtBase: prefix + ".meta."}
+	for _, o := range opts {
+		o(s)
+	}
+	for _, c := range []struct {
+		cfg jetstream.StreamConfig
+		dst *jetstream.Stream
+	}{
+		{jetstream.StreamConfig{Name: s.events, Subjects: []string{s.esBase + ">"}, Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew}, &s.evSt},
+		{jetstream.StreamConfig{Name: s.ids, Subjects: []string{s.idsBase + ">"}, Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, Discard: jetstream.DiscardNew}, &s.idSt},
+		{jetstream.StreamConfig{Name: s.meta, Subjects: []string{s.mtBase + ">"}, Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, MaxMsgsPerSubject: 1}, &s.mtSt},
 	} {
-		st, err := js.CreateOrUpdateStream(ctx, cfg)
+		st, err := js.CreateOrUpdateStream(ctx, c.cfg)
 		if err != nil {
-			return nil, fmt.Errorf("event store stream %s: %w", cfg.Name, err)
+			return nil, fmt.Errorf("event store stream %s: %w", c.cfg.Name, err)
 		}
-		if cfg.Name == s.events {
-			s.evSt = st
-		} else {
-			s.idSt = st
-		}
+		*c.dst = st
+	}
+	if err := s.watchRetention(ctx); err != nil {
+		return nil, fmt.Errorf("event store stream %s: %w", s.meta, err)
 	}
 	return s, nil
 }
@@ -134,8 +178,86 @@ func validPrefix(p string) bool {
 	return true
 }
 
-// Close releases nothing: the connection belongs to the caller.
-func (s *Store) Close() error { return nil }
+// Close stops following P_meta; the connection belongs to the caller.
+func (s *Store) Close() error {
+	s.stopWatch()
+	return nil
+}
+
+// retained is the set of streams that have a retention, kept current by
+// following P_meta, so that an append to a stream without one (most
+// appends) spends no round trip finding that out. Until the follow has
+// read all of P_meta, and once it has failed, any stream may have one.
+// A change made by another process arrives a little later; meanwhile its
+// scavenges are skipped, which reads do not notice.
+type retained struct {
+	mu      sync.Mutex
+	streams map[string]bool
+	current bool
+}
+
+func (r *retained) may(stream string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.current || r.streams[stream]
+}
+
+func (r *retained) set(stream string, has bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if has {
+		r.streams[stream] = true
+	} else {
+		delete(r.streams, stream)
+	}
+}
+
+func (r *retained) setCurrent(current bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.current = current
+}
+
+// watchRetention starts following P_meta into s.retained, until Close.
+func (s *Store) watchRetention(ctx context.Context) error {
+	s.retained.streams = map[string]bool{}
+	cons, err := s.js.OrderedConsumer(ctx, s.meta, jetstream.OrderedConsumerConfig{FilterSubjects: []string{s.mtBase + ">"}})
+	if err != nil {
+		return err
+	}
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
+		s.retained.setCurrent(true)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	var once sync.Once
+	s.stopWatch = func() {
+		once.Do(it.Stop)
+		<-done
+	}
+	go func() {
+		defer close(done)
+		for {
+			msg, err := it.Next()
+			if err != nil { // stopped by Close, or failed for good
+				s.retained.setCurrent(false)
+				return
+			}
+			name, err := base64.RawURLEncoding.DecodeString(strings.TrimPrefix(msg.Subject(), s.mtBase))
+			var w wireRetention
+			if err == nil && json.Unmarshal(msg.Data(), &w) == nil {
+				s.retained.set(string(name), w != (wireRetention{}))
+			}
+			if meta, err := msg.Metadata(); err == nil && meta.NumPending == 0 {
+				s.retained.setCurrent(true)
+			}
+		}
+	}()
+	return nil
+}
 
 func token(name string) string { return base64.RawURLEncoding.EncodeToString([]byte(name)) }
 
@@ -144,6 +266,8 @@ func (s *Store) streamSubject(stream string) string {
 }
 
 func (s *Store) idSubject(id string) string { return s.idsBase + token(id) }
+
+func (s *Store) metaSubject(stream string) string { return s.mtBase + token(stream) }
 
 // record is one event in a commit body. Data and Metadata are kept as
 // bytes (base64 in JSON) so they read back exactly as written.
@@ -168,9 +292,11 @@ type commit struct {
 // next is the version the stream's next event gets.
 func (c *commit) next() uint64 { return c.first + c.count }
 
-// current is the stream's last version after c, -1 when deleted.
+// current is the stream's last version after c, -1 when deleted. A commit
+// with no events that is not a delete replaced an expired last commit, so
+// the version before it is still the stream's last.
 func (c *commit) current() int64 {
-	if c.deleted || c.count == 0 {
+	if c.deleted {
 		return -1
 	}
 	return int64(c.next()) - 1
@@ -306,8 +432,24 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		if rerr := s.release(claimed); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
+		return r, err
 	}
-	return r, err
+	s.scavengeAfter(ctx, stream)
+	return r, nil
+}
+
+// scavengeAfter scavenges stream after an append committed to it, when it
+// has a retention. Its errors are dropped: the append is committed, reads
+// filter expired events anyway, and the next scavenge picks up the work.
+func (s *Store) scavengeAfter(ctx context.Context, stream string) {
+	if !s.retained.may(stream) {
+		return
+	}
+	// The retention itself is read from the server: a stale one could be
+	// stricter than the one set since, and delete events it keeps.
+	if r, err := s.GetRetention(ctx, stream); err == nil && !r.IsZero() {
+		_ = s.scavenge(ctx, stream, r, scavengeBudget)
+	}
 }
 
 // claim publishes one claim per event ID, asynchronously in chunks so a
@@ -444,9 +586,76 @@ func (s *Store) takeOver(ctx context.Context, stream string, expected eventstore
 	}
 	r, err := s.commit(ctx, stream, expected, events)
 	if err != nil {
-		err = errors.Join(err, s.release(claimed))
+		return r, errors.Join(err, s.release(claimed))
 	}
-	return r, err
+	s.scavengeAfter(ctx, stream)
+	return r, nil
+}
+
+// maxTips bounds the streams whose last commit is cached.
+const maxTips = 1 << 14
+
+// tips caches the last commit (without its events) of the streams this
+// store appended to, so that an append need not look it up: it publishes
+// with the cached sequence as the expected last subject sequence, which
+// the server checks atomically. A stale entry (another writer, another
+// process) makes that publish fail, or the version check fail, and the
+// append then reads the last commit from the server and tries again, so
+// every outcome is decided on the server's state.
+type tips struct {
+	mu sync.Mutex
+	m  map[string]commit
+}
+
+// get returns the cached last commit of stream (nil when it has none)
+// and whether there is an entry.
+func (t *tips) get(stream string) (*commit, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, ok := t.m[stream]
+	if !ok || c.seq == 0 {
+		return nil, ok
+	}
+	return &c, true
+}
+
+// set caches c (nil: no commits) as stream's last commit.
+func (t *tips) set(stream string, c *commit) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[string]commit{}
+	}
+	if _, ok := t.m[stream]; !ok && len(t.m) >= maxTips {
+		for k := range t.m { // evict one entry, any one
+			delete(t.m, k)
+			break
+		}
+	}
+	var e commit
+	if c != nil {
+		e = commit{seq: c.seq, stream: c.stream, first: c.first, count: c.count, deleted: c.deleted, time: c.time}
+	}
+	t.m[stream] = e
+}
+
+func (t *tips) forget(stream string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.m, stream)
+}
+
+// tip returns stream's last commit from the cache, else from the server
+// (caching it). cached reports that it came from the cache.
+func (s *Store) tip(ctx context.Context, stream string) (last *commit, cached bool, err error) {
+	if c, ok := s.tips.get(stream); ok {
+		return c, true, nil
+	}
+	if last, err = s.last(ctx, stream); err != nil {
+		return nil, false, err
+	}
+	s.tips.set(stream, last)
+	return last, false, nil
 }
 
 // commit checks the expected version and publishes the append, re-checking
@@ -460,8 +669,9 @@ func (s *Store) commit(ctx context.Context, stream string, expected eventstore.E
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
+	msgID := fmt.Sprintf("%s/%s/%d", stream, events[0].ID, len(events))
 	for {
-		last, err := s.last(ctx, stream)
+		last, cached, err := s.tip(ctx, stream)
 		if err != nil {
 			return eventstore.AppendResult{}, err
 		}
@@ -470,6 +680,10 @@ func (s *Store) commit(ctx context.Context, stream string, expected eventstore.E
 			current, next, lastSeq = last.current(), last.next(), last.seq
 		}
 		if err := eventstore.Check(stream, expected, current); err != nil {
+			if cached {
+				s.tips.forget(stream) // refuse only on the server's state
+				continue
+			}
 			return eventstore.AppendResult{}, err
 		}
 		msg := &nats.Msg{Subject: s.streamSubject(stream), Header: nats.Header{}, Data: body}
@@ -479,16 +693,27 @@ func (s *Store) commit(ctx context.Context, stream string, expected eventstore.E
 		// The same append sent again (its acknowledgement was lost, so
 		// its claims were released and the caller retried) is stored
 		// once: JetStream's duplicate window recognises the id.
-		msg.Header.Set(nats.MsgIdHdr, fmt.Sprintf("%s/%s/%d", stream, events[0].ID, len(events)))
+		msg.Header.Set(nats.MsgIdHdr, msgID)
 		ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.events), jetstream.WithExpectLastSequencePerSubject(lastSeq))
 		if isWrongLast(err) {
-			continue // a racing writer committed: check again
+			s.tips.forget(stream) // a racing writer committed: check again
+			continue
 		}
 		if err != nil {
+			s.tips.forget(stream) // it may have been stored after all
 			return eventstore.AppendResult{}, fmt.Errorf("appending to %q: %w", stream, err)
 		}
-		if ack.Duplicate {
+		if !ack.Duplicate {
+			s.tips.set(stream, &commit{seq: ack.Sequence, stream: stream, first: next, count: uint64(len(events))})
+		} else {
+			s.tips.forget(stream) // the earlier commit need not be the last one
 			m, err := s.evSt.GetMsg(ctx, ack.Sequence)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				// Scavenged: its events and their ids are gone, so these
+				// are new events, sent under an id of their own.
+				msgID = fmt.Sprintf("%s/%s/%d/%d", stream, events[0].ID, len(events), ack.Sequence)
+				continue
+			}
 			if err != nil {
 				return eventstore.AppendResult{}, fmt.Errorf("appending to %q: reading the earlier commit: %w", stream, err)
 			}
@@ -530,6 +755,7 @@ func (s *Store) Delete(ctx context.Context, stream string) error {
 		msg.Header.Set(hdrCount, "0")
 		msg.Header.Set(hdrDeleted, "true")
 		_, err = s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.events), jetstream.WithExpectLastSequencePerSubject(last.seq))
+		s.tips.forget(stream)
 		if isWrongLast(err) {
 			continue
 		}
@@ -555,6 +781,10 @@ func (s *Store) ReadStream(ctx context.Context, stream string, o eventstore.Read
 	if last.deleted {
 		return nil, fmt.Errorf("%w: %q", eventstore.ErrStreamDeleted, stream)
 	}
+	keep, err := s.keeper(ctx, stream, last)
+	if err != nil {
+		return nil, err
+	}
 	hist, err := s.history(ctx, stream, last.seq)
 	if err != nil {
 		return nil, err
@@ -565,7 +795,11 @@ func (s *Store) ReadStream(ctx context.Context, stream string, o eventstore.Read
 			all = all[:0]
 			continue
 		}
-		all = append(all, c.events()...)
+		for _, e := range c.events() {
+			if keep(e) {
+				all = append(all, e)
+			}
+		}
 	}
 	var out []eventstore.Event
 	if !o.Backward {
@@ -695,12 +929,13 @@ func (s *Store) FollowStream(ctx context.Context, stream string, from uint64, fn
 		return ctxErr(ctx, err)
 	}
 	next := from
+	keep := func(eventstore.Event) bool { return true }
 	deliver := func(c *commit) error {
 		if c.deleted {
 			return fmt.Errorf("%w: %q", eventstore.ErrStreamDeleted, stream)
 		}
 		for _, e := range c.events() {
-			if e.Version < next {
+			if e.Version < next || !keep(e) {
 				continue
 			}
 			if err := fn(e); err != nil {
@@ -714,6 +949,11 @@ func (s *Store) FollowStream(ctx context.Context, stream string, from uint64, fn
 	if last != nil {
 		if last.deleted {
 			return fmt.Errorf("%w: %q", eventstore.ErrStreamDeleted, stream)
+		}
+		// The events read to catch up are those ReadStream would return;
+		// the live ones are new, so within retention.
+		if keep, err = s.keeper(ctx, stream, last); err != nil {
+			return ctxErr(ctx, err)
 		}
 		hist, err := s.history(ctx, stream, last.seq)
 		if err != nil {
@@ -732,6 +972,158 @@ func (s *Store) FollowStream(ctx context.Context, stream string, from uint64, fn
 			}
 		}
 		start = last.seq + 1
+		keep = func(eventstore.Event) bool { return true }
 	}
 	return s.follow(ctx, s.streamSubject(stream), start, deliver)
+}
+
+// keeper returns the test of whether an event of stream, whose last commit
+// is last, is within the stream's retention now.
+func (s *Store) keeper(ctx context.Context, stream string, last *commit) (func(eventstore.Event) bool, error) {
+	r, err := s.GetRetention(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	minVersion, cutoff := r.MinVersion(int64(last.next())-1), r.Cutoff(s.now())
+	return func(e eventstore.Event) bool { return e.Version >= minVersion && !e.Time.Before(cutoff) }, nil
+}
+
+// wireRetention is a retention as stored in P_meta.
+type wireRetention struct {
+	MaxAge   int64  `json:"max_age_ns,omitempty"` // nanoseconds, so it reads back exactly
+	MaxCount uint64 `json:"max_count,omitempty"`
+}
+
+// SetRetention implements eventstore.Store.
+func (s *Store) SetRetention(ctx context.Context, stream string, r eventstore.Retention) error {
+	if !eventstore.ValidStreamName(stream) {
+		return fmt.Errorf("%w: stream name %q", eventstore.ErrInvalid, stream)
+	}
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	body, err := json.Marshal(wireRetention{MaxAge: int64(r.MaxAge), MaxCount: r.MaxCount})
+	if err != nil {
+		return err
+	}
+	if _, err := s.js.Publish(ctx, s.metaSubject(stream), body, jetstream.WithExpectStream(s.meta)); err != nil {
+		return fmt.Errorf("setting the retention of %q: %w", stream, err)
+	}
+	s.retained.set(stream, !r.IsZero()) // before the follow brings it
+
+	if err := s.scavenge(ctx, stream, r, 0); err != nil {
+		return fmt.Errorf("scavenging %q: %w", stream, err)
+	}
+	return nil
+}
+
+// GetRetention implements eventstore.Store.
+func (s *Store) GetRetention(ctx context.Context, stream string) (eventstore.Retention, error) {
+	if !eventstore.ValidStreamName(stream) {
+		return eventstore.Retention{}, fmt.Errorf("%w: stream name %q", eventstore.ErrInvalid, stream)
+	}
+	m, err := s.mtSt.GetLastMsgForSubject(ctx, s.metaSubject(stream))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return eventstore.Retention{}, nil
+	}
+	if err != nil {
+		return eventstore.Retention{}, fmt.Errorf("reading the retention of %q: %w", stream, err)
+	}
+	var w wireRetention
+	if err := json.Unmarshal(m.Data, &w); err != nil {
+		return eventstore.Retention{}, fmt.Errorf("reading the retention of %q: %w", stream, err)
+	}
+	return eventstore.Retention{MaxAge: time.Duration(w.MaxAge), MaxCount: w.MaxCount}, nil
+}
+
+// scavenge deletes stream's commits all of whose events are outside r,
+// oldest first, stopping at the first commit that keeps an event (so an
+// event is never deleted before an older one) or once it has deleted
+// commits holding budget events (0: no bound). Tombstones go too once
+// everything before them has gone. The last commit is replaced, not
+// deleted, since the stream's next version is read from it.
+func (s *Store) scavenge(ctx context.Context, stream string, r eventstore.Retention, budget int) error {
+	if r.IsZero() {
+		return nil
+	}
+	last, err := s.last(ctx, stream)
+	if err != nil || last == nil {
+		return err
+	}
+	minVersion, cutoff := r.MinVersion(int64(last.next())-1), r.Cutoff(s.now())
+	expired := func(c *commit) bool {
+		return c.count == 0 || c.next() <= minVersion || c.time.Before(cutoff)
+	}
+	subj := s.streamSubject(stream)
+	for seq, n := uint64(1), 0; budget == 0 || n < budget; {
+		m, err := s.evSt.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		c, err := decode(m.Sequence, m.Header, m.Data, m.Time, true)
+		if err != nil {
+			return err
+		}
+		if !expired(c) {
+			return nil
+		}
+		if c.seq >= last.seq {
+			if c.seq == last.seq && c.count > 0 {
+				return s.replaceLast(ctx, c)
+			}
+			return nil
+		}
+		if err := s.drop(ctx, c); err != nil {
+			return err
+		}
+		seq, n = c.seq+1, n+int(c.count)+1
+	}
+	return nil
+}
+
+// replaceLast swaps a stream's expired last commit for a commit with no
+// events at the same next version, then deletes it. The swap is
+// conditional on last still being the last commit: when an append got
+// there first, last is no longer last and a later scavenge deletes it.
+func (s *Store) replaceLast(ctx context.Context, last *commit) error {
+	msg := &nats.Msg{Subject: s.streamSubject(last.stream), Header: nats.Header{}}
+	msg.Header.Set(hdrStream, last.stream)
+	msg.Header.Set(hdrFirst, strconv.FormatUint(last.next(), 10))
+	msg.Header.Set(hdrCount, "0")
+	_, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.events), jetstream.WithExpectLastSequencePerSubject(last.seq))
+	if isWrongLast(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return s.drop(ctx, last)
+}
+
+// drop deletes a scavenged commit and then its events' claims, so their
+// IDs are free again, as they are once deleted in any store. A claim is
+// deleted only while it still names the stream.
+func (s *Store) drop(ctx context.Context, c *commit) error {
+	if err := s.evSt.DeleteMsg(ctx, c.seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return err
+	}
+	for _, r := range c.records {
+		m, err := s.idSt.GetLastMsgForSubject(ctx, s.idSubject(r.ID))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if string(m.Data) != c.stream {
+			continue
+		}
+		if err := s.idSt.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return err
+		}
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/junctionhq/junction/eventstore"
 	"github.com/junctionhq/junction/eventstore/eventstoretest"
@@ -20,23 +21,32 @@ var prefixSeq atomic.Int64
 
 func open(t *testing.T, o natsembed.Options, prefix string) eventstore.Store {
 	t.Helper()
-	ctx := context.Background()
+	return opener(t, o, prefix)(t, time.Now)
+}
+
+// opener connects to (or starts) a server and returns an opener of stores
+// on it under prefix.
+func opener(t *testing.T, o natsembed.Options, prefix string) eventstoretest.Opener {
+	t.Helper()
 	o.Logger = testutil.Logger(t)
-	c, err := natsembed.Start(ctx, o)
+	c, err := natsembed.Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	s, err := jetstream.Open(ctx, c.JS, prefix)
-	if err != nil {
-		t.Fatal(err)
+	return func(t *testing.T, now func() time.Time) eventstore.Store {
+		t.Helper()
+		s, err := jetstream.Open(context.Background(), c.JS, prefix, jetstream.WithClock(now))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
 	}
-	return s
 }
 
 func TestConformanceEmbedded(t *testing.T) {
-	eventstoretest.Run(t, func(t *testing.T) eventstore.Store {
-		return open(t, natsembed.Options{DataDir: t.TempDir()}, "es")
+	eventstoretest.Run(t, func(t *testing.T) eventstoretest.Opener {
+		return opener(t, natsembed.Options{DataDir: t.TempDir()}, "es")
 	})
 }
 
@@ -47,10 +57,10 @@ func TestConformanceExternal(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.RequireService(t, "NATS", pu.Host)
-	eventstoretest.Run(t, func(t *testing.T) eventstore.Store {
+	eventstoretest.Run(t, func(t *testing.T) eventstoretest.Opener {
 		prefix := fmt.Sprintf("estest%d_%d", os.Getpid(), prefixSeq.Add(1))
 		t.Cleanup(func() { testutil.CleanupPrefix(t, u, prefix) })
-		return open(t, natsembed.Options{URL: u}, prefix)
+		return opener(t, natsembed.Options{URL: u}, prefix)
 	})
 }
 

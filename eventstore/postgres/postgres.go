@@ -1,9 +1,11 @@
 // Package postgres is the PostgreSQL event store backend.
 //
-// Appends take one transaction-level advisory lock per store, so they commit
-// one at a time and positions, assigned inside the lock, increase in commit
-// order: a reader of ReadAll that has seen position P can never later find a
-// newly committed event below P. The cost is one writer at a time per store.
+// An append is one call of a SQL function the store creates in its schema,
+// so one round trip. It takes one transaction-level advisory lock per
+// store, so appends commit one at a time and positions, assigned inside
+// the lock, increase in commit order: a reader of ReadAll that has seen
+// position P can never later find a newly committed event below P. The
+// cost is one writer at a time per store.
 package postgres
 
 import (
@@ -24,6 +26,7 @@ type Store struct {
 	db      *sql.DB
 	schema  string
 	lockKey int64
+	now     func() time.Time // retention's MaxAge is measured against it
 	// committed is notified after each append or delete this process
 	// commits, so followers here see it without waiting to poll again.
 	committed eventstore.Signal
@@ -35,15 +38,25 @@ var (
 	_ eventstore.StreamFollower = (*Store)(nil)
 )
 
+// Option configures a Store.
+type Option func(*Store)
+
+// WithClock sets the clock that retention's MaxAge is measured against
+// (time.Now by default), so tests can move time instead of waiting.
+func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+
 // Open creates the store's tables in schema (if missing) and returns the
 // store. The caller owns db; Close does not close it.
-func Open(ctx context.Context, db *sql.DB, schema string) (*Store, error) {
+func Open(ctx context.Context, db *sql.DB, schema string, opts ...Option) (*Store, error) {
 	if schema == "" {
 		schema = "public"
 	}
 	h := fnv.New64a()
 	h.Write([]byte("junction.eventstore:" + schema))
-	s := &Store{db: db, schema: quoteIdent(schema), lockKey: int64(h.Sum64())}
+	s := &Store{db: db, schema: quoteIdent(schema), lockKey: int64(h.Sum64()), now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
 	ddl := []string{
 		`CREATE SCHEMA IF NOT EXISTS ` + s.schema,
 		`CREATE TABLE IF NOT EXISTS ` + s.t("streams") + ` (
@@ -66,6 +79,21 @@ func Open(ctx context.Context, db *sql.DB, schema string) (*Store, error) {
 		)`,
 		`CREATE INDEX IF NOT EXISTS events_category_position ON ` + s.t("events") + ` (category, position)`,
 		`CREATE INDEX IF NOT EXISTS events_type_position ON ` + s.t("events") + ` (type, position)`,
+		// Stream metadata, kept apart from streams so that it can be set
+		// before a stream's first append. max_age_ns is in nanoseconds so
+		// that a Go duration reads back exactly.
+		`CREATE TABLE IF NOT EXISTS ` + s.t("retention") + ` (
+			stream text PRIMARY KEY,
+			max_age_ns bigint NOT NULL,
+			max_count bigint NOT NULL
+		)`,
+		// The last position given out. A store created before this table
+		// never deleted an event, so its largest position is the last.
+		`CREATE TABLE IF NOT EXISTS ` + s.t("log_head") + ` (last_position bigint NOT NULL)`,
+		`INSERT INTO ` + s.t("log_head") + ` SELECT coalesce((SELECT max(position) FROM ` + s.t("events") + `), 0)
+			WHERE NOT EXISTS (SELECT FROM ` + s.t("log_head") + `)`,
+		s.scavengeFunc(),
+		s.appendFunc(),
 	}
 	// Concurrent first opens of one schema can race on CREATE ... IF NOT
 	// EXISTS; the same lock as appends makes them take turns.
@@ -95,147 +123,152 @@ func (s *Store) t(name string) string { return s.schema + "." + name }
 // Close is a no-op: the database handle belongs to the caller.
 func (s *Store) Close() error { return nil }
 
-// Append implements eventstore.Store.
+// Append implements eventstore.Store. It is one call of the schema's
+// append function (see appendFunc), so one round trip to the server.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedVersion, events []eventstore.EventData) (eventstore.AppendResult, error) {
 	events, err := eventstore.Prepare(stream, expected, events)
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	ids, types, data := make([]string, len(events)), make([]string, len(events)), make([]string, len(events))
+	md := make([]*string, len(events))
+	for i, e := range events {
+		ids[i], types[i], data[i] = e.ID, e.Type, string(e.Data)
+		if e.Metadata != nil {
+			m := string(e.Metadata)
+			md[i] = &m
+		}
+	}
+	var code int
+	var first, last, pos int64
+	err = s.db.QueryRowContext(ctx, `SELECT * FROM `+s.t("append")+`($1, $2, $3, $4, $5, $6, $7, $8)`,
+		stream, eventstore.Category(stream), int64(expected), ids, types, data, md, s.now()).Scan(&code, &first, &last, &pos)
 	if err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("eventstore: append: %w", err)
 	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, s.lockKey); err != nil {
-		return eventstore.AppendResult{}, fmt.Errorf("eventstore: append: %w", err)
-	}
-
-	// Idempotency first: a retried append succeeds even though the
-	// expected version no longer holds.
-	if res, done, err := s.idempotent(ctx, tx, stream, events); err != nil || done {
-		return res, err
-	}
-
-	current := int64(-1)
-	var last, deletedFrom int64
-	var deleted, exists bool
-	err = tx.QueryRowContext(ctx, `SELECT last_version, deleted, deleted_from FROM `+s.t("streams")+` WHERE stream = $1`, stream).
-		Scan(&last, &deleted, &deletedFrom)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		last = -1
-	case err != nil:
-		return eventstore.AppendResult{}, fmt.Errorf("eventstore: append: %w", err)
+	switch code {
+	case appendDone:
+		s.committed.Notify()
+	case appendRetried:
+	case appendWrongVersion:
+		return eventstore.AppendResult{}, &eventstore.VersionError{Stream: stream, Expected: expected, Current: first}
+	case appendIDReused:
+		return eventstore.AppendResult{}, fmt.Errorf("%w: event id reused", eventstore.ErrInvalid)
 	default:
-		exists = true
-		if !deleted {
-			current = last
-		}
+		return eventstore.AppendResult{}, fmt.Errorf("eventstore: append: unknown outcome %d", code)
 	}
-	if err := eventstore.Check(stream, expected, current); err != nil {
-		return eventstore.AppendResult{}, err
-	}
-
-	var pos int64
-	var now time.Time
-	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(position), 0), clock_timestamp() FROM `+s.t("events")).Scan(&pos, &now); err != nil {
-		return eventstore.AppendResult{}, fmt.Errorf("eventstore: append: %w", err)
-	}
-	first := last + 1
-	cat := eventstore.Category(stream)
-	const chunk = 500 // well under PostgreSQL's 65535 parameters
-	for start := 0; start < len(events); start += chunk {
-		end := min(start+chunk, len(events))
-		var b strings.Builder
-		b.WriteString(`INSERT INTO ` + s.t("events") + ` (position, stream, category, version, id, type, data, metadata, time) VALUES `)
-		args := make([]any, 0, 9*(end-start))
-		for i := start; i < end; i++ {
-			if i > start {
-				b.WriteByte(',')
-			}
-			n := len(args)
-			fmt.Fprintf(&b, "($%d,$%d,$%d,$%d,$%d,$%d,$%d::json,$%d::json,$%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9)
-			e := events[i]
-			var md any
-			if e.Metadata != nil {
-				md = string(e.Metadata)
-			}
-			args = append(args, pos+1+int64(i), stream, cat, first+int64(i), e.ID, e.Type, string(e.Data), md, now)
-		}
-		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
-			return eventstore.AppendResult{}, fmt.Errorf("eventstore: append: %w", err)
-		}
-	}
-	newLast := first + int64(len(events)) - 1
-	if exists {
-		_, err = tx.ExecContext(ctx, `UPDATE `+s.t("streams")+` SET last_version = $2, deleted = false WHERE stream = $1`, stream, newLast)
-	} else {
-		_, err = tx.ExecContext(ctx, `INSERT INTO `+s.t("streams")+` (stream, last_version) VALUES ($1, $2)`, stream, newLast)
-	}
-	if err != nil {
-		return eventstore.AppendResult{}, fmt.Errorf("eventstore: append: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return eventstore.AppendResult{}, fmt.Errorf("eventstore: append: %w", err)
-	}
-	s.committed.Notify()
-	return eventstore.AppendResult{
-		FirstVersion: uint64(first),
-		LastVersion:  uint64(newLast),
-		Position:     uint64(pos) + uint64(len(events)),
-	}, nil
+	return eventstore.AppendResult{FirstVersion: uint64(first), LastVersion: uint64(last), Position: uint64(pos)}, nil
 }
 
-// idempotent reports whether events were already appended to stream, in
-// this order, and if so the original result. IDs seen elsewhere, or only
-// some of them, are an error.
-func (s *Store) idempotent(ctx context.Context, tx *sql.Tx, stream string, events []eventstore.EventData) (eventstore.AppendResult, bool, error) {
-	ids := make([]string, len(events))
-	for i, e := range events {
-		ids[i] = e.ID
-	}
-	rows, err := tx.QueryContext(ctx, `SELECT id, stream, version, position FROM `+s.t("events")+` WHERE id = ANY($1)`, ids)
-	if err != nil {
-		return eventstore.AppendResult{}, false, fmt.Errorf("eventstore: append: %w", err)
-	}
-	defer rows.Close()
-	type hit struct {
-		stream   string
-		version  int64
-		position int64
-	}
-	found := map[string]hit{}
-	for rows.Next() {
-		var id string
-		var h hit
-		if err := rows.Scan(&id, &h.stream, &h.version, &h.position); err != nil {
-			return eventstore.AppendResult{}, false, fmt.Errorf("eventstore: append: %w", err)
-		}
-		found[id] = h
-	}
-	if err := rows.Err(); err != nil {
-		return eventstore.AppendResult{}, false, fmt.Errorf("eventstore: append: %w", err)
-	}
-	if len(found) == 0 {
-		return eventstore.AppendResult{}, false, nil
-	}
-	reused := fmt.Errorf("%w: event id reused", eventstore.ErrInvalid)
-	if len(found) != len(events) {
-		return eventstore.AppendResult{}, false, reused
-	}
-	first := found[ids[0]]
-	for i, id := range ids {
-		h := found[id]
-		if h.stream != stream || h.version != first.version+int64(i) {
-			return eventstore.AppendResult{}, false, reused
-		}
-	}
-	lastHit := found[ids[len(ids)-1]]
-	return eventstore.AppendResult{
-		FirstVersion: uint64(first.version),
-		LastVersion:  uint64(lastHit.version),
-		Position:     uint64(lastHit.position),
-	}, true, nil
+// Outcomes of the append function.
+const (
+	appendDone         = 0 // written: first and last version, position of the last event
+	appendRetried      = 1 // a retry of an append already written: its result
+	appendWrongVersion = 2 // the expected version does not hold: first is the current version
+	appendIDReused     = 3 // some event ids are used, but not by this append
+)
+
+// appendFunc is the SQL function behind Append: in one statement, so one
+// round trip, it takes the store's advisory lock, answers a retry with the
+// original result (idempotency comes before the version check, so a
+// retried append succeeds even though the expected version no longer
+// holds), checks the expected version as eventstore.Check does, assigns
+// positions from log_head, inserts the events, moves the stream on and
+// scavenges it when it has a retention.
+//
+// log_head, not max(position), is where positions come from, because a
+// scavenge can delete the newest events of the log and positions must
+// never be reused.
+func (s *Store) appendFunc() string {
+	return `CREATE OR REPLACE FUNCTION ` + s.t("append") + `(p_stream text, p_category text, p_expected bigint,
+	p_ids text[], p_types text[], p_data text[], p_metadata text[], p_now timestamptz)
+RETURNS TABLE (o_code int, o_first bigint, o_last bigint, o_position bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+	n bigint := cardinality(p_ids);
+	hits bigint;
+	same boolean;
+	h_first bigint;
+	h_last bigint;
+	h_pos bigint;
+	s_last bigint;
+	s_deleted boolean;
+	cur bigint := -1;
+	pos bigint;
+	ts timestamptz;
+BEGIN
+	PERFORM pg_advisory_xact_lock(` + fmt.Sprint(s.lockKey) + `);
+	SELECT count(*), bool_and(e.stream = p_stream) AND min(e.version - u.o) = max(e.version - u.o),
+		min(e.version), max(e.version), max(e.position)
+	INTO hits, same, h_first, h_last, h_pos
+	FROM unnest(p_ids) WITH ORDINALITY AS u(id, o) JOIN ` + s.t("events") + ` e ON e.id = u.id;
+	IF hits > 0 THEN
+		IF hits = n AND same THEN
+			RETURN QUERY SELECT ` + fmt.Sprint(appendRetried) + `, h_first, h_last, h_pos;
+		ELSE
+			RETURN QUERY SELECT ` + fmt.Sprint(appendIDReused) + `, 0::bigint, 0::bigint, 0::bigint;
+		END IF;
+		RETURN;
+	END IF;
+	SELECT last_version, deleted INTO s_last, s_deleted FROM ` + s.t("streams") + ` WHERE stream = p_stream;
+	IF NOT FOUND THEN
+		s_last := -1;
+	ELSIF NOT s_deleted THEN
+		cur := s_last;
+	END IF;
+	IF NOT (p_expected = -1 OR p_expected = -2 AND cur < 0 OR p_expected = -3 AND cur >= 0 OR p_expected >= 0 AND p_expected = cur) THEN
+		RETURN QUERY SELECT ` + fmt.Sprint(appendWrongVersion) + `, cur, cur, 0::bigint;
+		RETURN;
+	END IF;
+	UPDATE ` + s.t("log_head") + ` SET last_position = last_position + n RETURNING last_position - n INTO pos;
+	ts := clock_timestamp();
+	INSERT INTO ` + s.t("events") + ` (position, stream, category, version, id, type, data, metadata, time)
+	SELECT pos + u.o, p_stream, p_category, s_last + u.o, u.id, u.type, u.data::json, u.metadata::json, ts
+	FROM unnest(p_ids, p_types, p_data, p_metadata) WITH ORDINALITY AS u(id, type, data, metadata, o);
+	INSERT INTO ` + s.t("streams") + ` (stream, last_version) VALUES (p_stream, s_last + n)
+	ON CONFLICT (stream) DO UPDATE SET last_version = excluded.last_version, deleted = false;
+	PERFORM ` + s.t("scavenge") + `(p_stream, p_now, ` + fmt.Sprint(scavengeBudget) + `);
+	RETURN QUERY SELECT ` + fmt.Sprint(appendDone) + `, s_last + 1, s_last + n, pos + n;
+END
+$fn$`
+}
+
+// scavengeFunc is the SQL function that deletes up to p_budget (NULL: no
+// bound) of a stream's oldest events outside its retention, and returns
+// how many it deleted. It walks the stream in version order and stops at
+// the first event kept, so an event whose time is out of order is never
+// deleted early (reads filter each event anyway). The age cutoff is
+// rounded down to the microsecond, never later than the one reads use.
+func (s *Store) scavengeFunc() string {
+	return `CREATE OR REPLACE FUNCTION ` + s.t("scavenge") + `(p_stream text, p_now timestamptz, p_budget int)
+RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+	r_age bigint;
+	r_count bigint;
+	s_last bigint;
+	keep bigint := 0;
+	n bigint;
+BEGIN
+	SELECT r.max_age_ns, r.max_count, s.last_version INTO r_age, r_count, s_last
+	FROM ` + s.t("retention") + ` r JOIN ` + s.t("streams") + ` s ON s.stream = r.stream WHERE r.stream = p_stream;
+	IF NOT FOUND THEN
+		RETURN 0;
+	END IF;
+	IF r_count > 0 AND s_last + 1 > r_count THEN
+		keep := s_last + 1 - r_count;
+	END IF;
+	IF r_age > 0 THEN
+		keep := coalesce((SELECT version FROM ` + s.t("events") + ` WHERE stream = p_stream AND version >= keep
+			AND time >= date_trunc('microseconds', p_now) - ((r_age + 999) / 1000) * interval '1 microsecond'
+			ORDER BY version LIMIT 1), s_last + 1);
+	END IF;
+	DELETE FROM ` + s.t("events") + ` WHERE position IN (
+		SELECT position FROM ` + s.t("events") + ` WHERE stream = p_stream AND version < keep ORDER BY version LIMIT p_budget);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$fn$`
 }
 
 const eventCols = `stream, version, position, id, type, data::text, metadata::text, time`
@@ -288,8 +321,11 @@ func (s *Store) ReadStream(ctx context.Context, stream string, o eventstore.Read
 	}
 	defer tx.Rollback()
 	var deleted bool
-	var deletedFrom int64
-	err = tx.QueryRowContext(ctx, `SELECT deleted, deleted_from FROM `+s.t("streams")+` WHERE stream = $1`, stream).Scan(&deleted, &deletedFrom)
+	var deletedFrom, last int64
+	var maxAge, maxCount sql.NullInt64
+	err = tx.QueryRowContext(ctx, `SELECT s.deleted, s.deleted_from, s.last_version, r.max_age_ns, r.max_count FROM `+s.t("streams")+
+		` s LEFT JOIN `+s.t("retention")+` r ON r.stream = s.stream WHERE s.stream = $1`, stream).
+		Scan(&deleted, &deletedFrom, &last, &maxAge, &maxCount)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil, fmt.Errorf("stream %q: %w", stream, eventstore.ErrStreamNotFound)
@@ -298,13 +334,15 @@ func (s *Store) ReadStream(ctx context.Context, stream string, o eventstore.Read
 	case deleted:
 		return nil, fmt.Errorf("stream %q: %w", stream, eventstore.ErrStreamDeleted)
 	}
-	q := `SELECT ` + eventCols + ` FROM ` + s.t("events") + ` WHERE stream = $1 AND version >= $2 AND version `
+	r := eventstore.Retention{MaxAge: time.Duration(maxAge.Int64), MaxCount: uint64(maxCount.Int64)}
+	from := max(deletedFrom, int64(r.MinVersion(last)))
+	q := `SELECT ` + eventCols + ` FROM ` + s.t("events") + ` WHERE stream = $1 AND version >= $2 AND time >= $4 AND version `
 	if o.Backward {
 		q += `<= $3 ORDER BY version DESC`
 	} else {
 		q += `>= $3 ORDER BY version ASC`
 	}
-	rows, err := tx.QueryContext(ctx, q+limitClause(o.Limit), stream, deletedFrom, clamp(o.From))
+	rows, err := tx.QueryContext(ctx, q+limitClause(o.Limit), stream, from, clamp(o.From), r.Cutoff(s.now()))
 	if err != nil {
 		return nil, fmt.Errorf("eventstore: read: %w", err)
 	}
@@ -376,4 +414,49 @@ func (s *Store) FollowAll(ctx context.Context, o eventstore.ReadAllOptions, fn f
 // FollowAll.
 func (s *Store) FollowStream(ctx context.Context, stream string, from uint64, fn func(eventstore.Event) error) error {
 	return eventstore.PollStream(ctx, s, stream, from, fn, s.committed.Wait)
+}
+
+// scavengeBudget bounds the events one append's scavenge deletes, so an
+// append stays cheap even when a large retention change is pending.
+const scavengeBudget = 1000
+
+// SetRetention implements eventstore.Store.
+func (s *Store) SetRetention(ctx context.Context, stream string, r eventstore.Retention) error {
+	if !eventstore.ValidStreamName(stream) {
+		return fmt.Errorf("%w: stream name %q", eventstore.ErrInvalid, stream)
+	}
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	var err error
+	if r.IsZero() {
+		_, err = s.db.ExecContext(ctx, `DELETE FROM `+s.t("retention")+` WHERE stream = $1`, stream)
+	} else {
+		_, err = s.db.ExecContext(ctx, `INSERT INTO `+s.t("retention")+` (stream, max_age_ns, max_count) VALUES ($1, $2, $3)
+			ON CONFLICT (stream) DO UPDATE SET max_age_ns = excluded.max_age_ns, max_count = excluded.max_count`,
+			stream, int64(r.MaxAge), clamp(r.MaxCount))
+	}
+	if err != nil {
+		return fmt.Errorf("eventstore: set retention: %w", err)
+	}
+	if _, err := s.db.ExecContext(ctx, `SELECT `+s.t("scavenge")+`($1, $2, NULL)`, stream, s.now()); err != nil {
+		return fmt.Errorf("eventstore: set retention: scavenging: %w", err)
+	}
+	return nil
+}
+
+// GetRetention implements eventstore.Store.
+func (s *Store) GetRetention(ctx context.Context, stream string) (eventstore.Retention, error) {
+	if !eventstore.ValidStreamName(stream) {
+		return eventstore.Retention{}, fmt.Errorf("%w: stream name %q", eventstore.ErrInvalid, stream)
+	}
+	var maxAge, maxCount int64
+	err := s.db.QueryRowContext(ctx, `SELECT max_age_ns, max_count FROM `+s.t("retention")+` WHERE stream = $1`, stream).Scan(&maxAge, &maxCount)
+	if errors.Is(err, sql.ErrNoRows) {
+		return eventstore.Retention{}, nil
+	}
+	if err != nil {
+		return eventstore.Retention{}, fmt.Errorf("eventstore: get retention: %w", err)
+	}
+	return eventstore.Retention{MaxAge: time.Duration(maxAge), MaxCount: uint64(maxCount)}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 
@@ -34,19 +35,21 @@ func TestConformance(t *testing.T) {
 	if err := db.PingContext(context.Background()); err != nil {
 		t.Fatalf("PostgreSQL at %s: %v", addr, err)
 	}
-	eventstoretest.Run(t, func(t *testing.T) eventstore.Store {
+	eventstoretest.Run(t, func(t *testing.T) eventstoretest.Opener {
 		schema := fmt.Sprintf("es_%d_%d", os.Getpid(), schemaSeq.Add(1))
 		ctx := context.Background()
-		s, err := postgres.Open(ctx, db, schema)
-		if err != nil {
-			t.Fatal(err)
-		}
 		t.Cleanup(func() {
 			if _, err := db.ExecContext(ctx, `DROP SCHEMA IF EXISTS `+schema+` CASCADE`); err != nil {
 				t.Errorf("dropping schema %s: %v", schema, err)
 			}
 		})
-		return s
+		return func(t *testing.T, now func() time.Time) eventstore.Store {
+			s, err := postgres.Open(ctx, db, schema, postgres.WithClock(now))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
 	})
 }
 
