@@ -8,11 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"runtime/debug"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/junctionhq/junction/aggregate"
 	"github.com/junctionhq/junction/bus"
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/eventstore"
@@ -32,6 +34,7 @@ import (
 	"github.com/junctionhq/junction/internal/sqldb"
 	"github.com/junctionhq/junction/mesh"
 	"github.com/junctionhq/junction/observe"
+	"github.com/junctionhq/junction/projection"
 )
 
 // Version is set at build time with -ldflags "-X github.com/junctionhq/junction.Version=v1.2.3".
@@ -50,25 +53,28 @@ func BuildVersion() string {
 
 // Node is one running Junction process.
 type Node struct {
-	cfg      *config.Config
-	log      *slog.Logger
-	reg      *prometheus.Registry
-	nats     *natsembed.Conn
-	db       *sqldb.DB
-	bus      *bus.Bus
-	mesh     *mesh.Mesh
-	events   eventstore.Store
-	eventsDB *sqldb.DB // the postgres event store's own database, when not n.db
-	router   *httpserver.Router
-	handler  http.Handler
-	listener net.Listener
-	tracing  func(context.Context) error
-	tp       trace.TracerProvider
-	lock     *os.File
-	draining atomic.Bool
-	stopping chan struct{} // closed when shutdown starts: ends event store follows
-	stopOnce sync.Once
-	closed   sync.Once
+	cfg       *config.Config
+	log       *slog.Logger
+	reg       *prometheus.Registry
+	nats      *natsembed.Conn
+	db        *sqldb.DB
+	bus       *bus.Bus
+	mesh      *mesh.Mesh
+	events    eventstore.Store
+	eventsDB  *sqldb.DB // the postgres event store's own database, when not n.db
+	views     *projection.Manager
+	bridges   *bridges
+	snapshots aggregate.Snapshots
+	router    *httpserver.Router
+	handler   http.Handler
+	listener  net.Listener
+	tracing   func(context.Context) error
+	tp        trace.TracerProvider
+	lock      *os.File
+	draining  atomic.Bool
+	stopping  chan struct{} // closed when shutdown starts: ends event store follows
+	stopOnce  sync.Once
+	closed    sync.Once
 }
 
 // Option adjusts a node before it starts.
@@ -163,6 +169,15 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	if err := n.openEvents(ctx); err != nil {
 		return nil, err
 	}
+	if err := n.openSnapshots(ctx); err != nil {
+		return nil, err
+	}
+	if n.views, err = projection.New(ctx, projection.Options{
+		Store: n.events, Projections: cfg.Projections, DB: n.db, Logger: n.log, Registerer: n.reg,
+		Open: func(ctx context.Context, dsn string) (*sqldb.DB, error) { return sqldb.Open(ctx, dsn, cfg.DataDir) },
+	}); err != nil {
+		return nil, err
+	}
 	if err := n.applyDeclared(ctx); err != nil {
 		return nil, err
 	}
@@ -170,6 +185,10 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 		return nil, err
 	}
 	if err := n.mesh.Start(ctx); err != nil {
+		return nil, err
+	}
+	n.views.Start(ctx)
+	if err := n.startBridges(ctx); err != nil {
 		return nil, err
 	}
 	n.mount()
@@ -232,20 +251,14 @@ func (n *Node) applyDeclared(ctx context.Context) error {
 	return nil
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
-}
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
 
 func (n *Node) mount() {
 	r := httpserver.NewRouter()
 	r.HandleAll((&bus.API{Bus: n.bus, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
 	r.HandleAll((&mesh.API{Mesh: n.mesh}).Routes())
 	r.HandleAll((&eventstore.API{Store: n.events, MaxBodyBytes: n.cfg.API.MaxBodyBytes, Closing: n.stopping}).Routes())
+	r.HandleAll((&projection.API{Manager: n.views}).Routes())
 	r.Handle(httpserver.Route{Method: "GET", Path: "/healthz", Tag: "operations", Summary: "Liveness: the process serves HTTP", Handler: n.healthz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/readyz", Tag: "operations", Summary: "Readiness: NATS and SQL answer", Handler: n.readyz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/metrics", Tag: "operations", Summary: "Prometheus metrics",
@@ -295,6 +308,9 @@ func (n *Node) Bus() *bus.Bus { return n.bus }
 // that calls services by name (http://inventory/stock/42).
 func (n *Node) Mesh() *mesh.Mesh { return n.mesh }
 
+// Views runs the projections and serves their views.
+func (n *Node) Views() *projection.Manager { return n.views }
+
 // Events is the node's event store: the streams of /v1/streams and the
 // global log of /v1/events.
 func (n *Node) Events() eventstore.Store { return n.events }
@@ -326,6 +342,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.log.Info("shutting down", "deadline", timeout)
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	n.stopBridges() // they publish to the bus: stop them first
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = n.bus.Stop(sctx) }()  // also ends open tails (n.stopping ends follows)
@@ -348,6 +365,7 @@ func (n *Node) Run(ctx context.Context) error {
 func (n *Node) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout.D())
 	defer cancel()
+	n.stopBridges()
 	if n.bus != nil {
 		_ = n.bus.Stop(ctx)
 	}
@@ -356,11 +374,15 @@ func (n *Node) Close() {
 
 func (n *Node) close(ctx context.Context) {
 	n.closed.Do(func() {
+		n.stopBridges()
 		if n.mesh != nil {
 			_ = n.mesh.Stop(ctx) // a no-op after Run's
 		}
 		if n.listener != nil {
 			_ = n.listener.Close()
+		}
+		if n.views != nil {
+			n.views.Close() // before the store and databases it reads and writes
 		}
 		if n.events != nil {
 			_ = n.events.Close()

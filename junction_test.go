@@ -27,6 +27,9 @@ var contract = []string{
 	"PUT /v1/services/{service}/instances/{id}", "DELETE /v1/services/{service}/instances/{id}",
 	"ANY /v1/invoke/{service}/{path...}", "ANY /v1/invoke/{service}",
 	"POST /v1/streams/{stream}", "GET /v1/streams/{stream}", "DELETE /v1/streams/{stream}", "GET /v1/events",
+	"PUT /v1/streams/{stream}/retention", "GET /v1/streams/{stream}/retention",
+	"GET /v1/projections", "GET /v1/projections/{name}", "POST /v1/projections/{name}/rebuild",
+	"GET /v1/views/{view}/{key}", "GET /v1/views/{view}",
 }
 
 func TestOpenAPICoversEveryRoute(t *testing.T) {

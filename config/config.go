@@ -58,6 +58,7 @@ type Config struct {
 	Mesh            Mesh                     `yaml:"mesh"`
 	Services        map[string]*Service      `yaml:"services"`
 	Policies        map[string]*Policy       `yaml:"policies"`
+	Projections     map[string]*Projection   `yaml:"projections"`
 }
 
 // Log configures slog output on stderr.
@@ -100,6 +101,17 @@ type EventStore struct {
 	// Schema is the PostgreSQL schema holding the event tables, so the
 	// store can share a database with other data.
 	Schema string `yaml:"schema"`
+	// Bridges publish events of the store to bus topics, so subscribers
+	// (with retries and dead letters) receive them.
+	Bridges map[string]*Bridge `yaml:"bridges"`
+}
+
+// Bridge publishes the events of some categories (and types) to a topic,
+// in commit order, each as a CloudEvent whose id is the event's id.
+type Bridge struct {
+	Categories []string `yaml:"categories"` // empty: every category
+	Types      []string `yaml:"types"`      // empty: every type
+	Topic      string   `yaml:"topic"`
 }
 
 // EventStoreDSN is the PostgreSQL DSN of the postgres event store backend:
@@ -477,6 +489,30 @@ func (c *Config) validate() []issue {
 	default:
 		add("eventstore.backend", "eventstore.backend must be jetstream or postgres, got %q", c.EventStore.Backend)
 	}
+	for _, name := range sortedNames(c.EventStore.Bridges) {
+		p := "eventstore.bridges." + name
+		b := c.EventStore.Bridges[name]
+		if !ValidSubscriptionName(name) {
+			add(p, "invalid bridge name %q: use letters, digits, '_' and '-'", name)
+		}
+		if b == nil {
+			add(p, "bridge %q is empty: it needs at least a topic", name)
+			continue
+		}
+		if !ValidTopicName(b.Topic) {
+			add(p+".topic", "bridge %s needs a valid topic, got %q", name, b.Topic)
+		}
+		for i, cat := range b.Categories {
+			if cat == "" || strings.ContainsAny(cat, "-$") {
+				add(fmt.Sprintf("%s.categories[%d]", p, i), "invalid category %q: a category is a stream name's part before its first '-'", cat)
+			}
+		}
+		for i, typ := range b.Types {
+			if typ == "" {
+				add(fmt.Sprintf("%s.types[%d]", p, i), "event types must not be empty")
+			}
+		}
+	}
 	if !schemaR.MatchString(c.EventStore.Schema) {
 		add("eventstore.schema", "eventstore.schema must be 1..63 letters, digits and '_', not starting with a digit, got %q", c.EventStore.Schema)
 	}
@@ -506,6 +542,7 @@ func (c *Config) validate() []issue {
 		add("bus.max_batch", "bus.max_batch must be between 1 and 100000")
 	}
 	is = append(is, c.validateMesh()...)
+	is = append(is, c.validateProjections()...)
 	for name, t := range c.Topics {
 		p := "topics." + name
 		if !ValidTopicName(name) {

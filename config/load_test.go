@@ -207,8 +207,24 @@ func TestGoodFiles(t *testing.T) {
 			eq(t, "push.timeout (default)", b.Push.Timeout.D(), DefaultPushTimeout)
 			eq(t, "max_in_flight (push default)", b.MaxInFlight, DefaultMaxInFlight)
 		},
+		"projections": func(t *testing.T, c *Config) {
+			p := c.Projections["order_summary"]
+			eq(t, "order_summary table", p.Table.Name, "order_summary")
+			eq(t, "order_summary key", p.Table.Key, "id")
+			eq(t, "order_summary columns", len(p.Table.Columns), 7)
+			eq(t, "order_summary defaults", [2]any{p.BatchSize, p.OnError}, [2]any{500, "stop"})
+			op, cols := p.Handlers["OrderPaid"].Op()
+			eq(t, "OrderPaid", op, "update")
+			eq(t, "OrderPaid status", cols["status"], "'paid'")
+			r := c.Projections["revenue"]
+			eq(t, "revenue", [4]any{r.Table.Name, r.Database, r.BatchSize, r.OnError}, [4]any{"daily_revenue", "sqlite:/tmp/views.db", 1000, "skip"})
+			eq(t, "revenue when", r.Handlers["OrderPaid"].When, "has(event.data.amount)")
+		},
 		"eventstore": func(t *testing.T, c *Config) {
-			eq(t, "eventstore", c.EventStore, EventStore{Backend: "postgres", Schema: "orders_events"})
+			eq(t, "eventstore", c.EventStore, EventStore{Backend: "postgres", Schema: "orders_events", Bridges: map[string]*Bridge{
+				"orders_out": {Categories: []string{"order"}, Topic: "orders.events"},
+				"payments":   {Types: []string{"PaymentTaken", "PaymentRefunded"}, Topic: "payments"},
+			}})
 			eq(t, "EventStoreDSN (sql.dsn)", c.EventStoreDSN(), "postgres://junction@db.internal:5432/junction")
 		},
 		"mesh": func(t *testing.T, c *Config) {

@@ -1,7 +1,7 @@
 package docs_test
 
 // TestDocs runs the examples of docs/messaging.md, docs/mesh.md,
-// docs/eventsourcing.md and of the tour in README.md against a real node,
+// docs/eventsourcing.md, docs/cqrs.md and of the tour in README.md against a real node,
 // so the documentation cannot drift from what Junction does.
 //
 // The conventions the documents follow:
@@ -97,6 +97,7 @@ func TestDocs(t *testing.T) {
 		{"messaging.md", ""},
 		{"mesh.md", ""},
 		{"eventsourcing.md", ""},
+		{"cqrs.md", ""},
 		{"../README.md", "tour"},
 	}
 	for _, d := range docs {

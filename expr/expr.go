@@ -9,9 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/types"
+	"cel.dev/cel-go/common/types/ref"
+	"cel.dev/cel-go/common/types/traits"
+	"cel.dev/cel-go/ext"
 )
 
 // Variables every expression may use. They are all dynamically typed maps
@@ -26,7 +30,12 @@ var (
 
 func baseEnv() (*cel.Env, error) {
 	envOnce.Do(func() {
-		opts := make([]cel.EnvOption, 0, len(variables))
+		// Optional types give maps a safe lookup with a default,
+		// row.?total.orValue(0.0), which projection mappings need for
+		// a row that does not exist yet.
+		// The strings extension (substring, split, lowerAscii, format...)
+		// is what mappings and keys most often need beyond the core.
+		opts := []cel.EnvOption{cel.OptionalTypes(), ext.Strings()}
 		for _, v := range variables {
 			opts = append(opts, cel.Variable(v, cel.DynType))
 		}
@@ -97,4 +106,76 @@ func (p *Program) EvalString(vars map[string]any) (string, error) {
 		return string(s), nil
 	}
 	return fmt.Sprint(out.Value()), nil
+}
+
+// Eval evaluates p and returns the result as plain Go values: nil, bool,
+// int64, uint64, float64, string, []byte, time.Time, time.Duration, []any
+// and map[string]any (map keys rendered as text), so callers can encode it
+// as JSON or bind it to SQL without knowing CEL's types.
+func (p *Program) Eval(vars map[string]any) (any, error) {
+	out, _, err := p.prg.Eval(vars)
+	if err != nil {
+		return nil, fmt.Errorf("evaluating %q: %w", p.src, err)
+	}
+	return Native(out)
+}
+
+// Native converts a CEL value to plain Go values as Eval describes.
+func Native(v ref.Val) (any, error) {
+	switch x := v.(type) {
+	case types.Null:
+		return nil, nil
+	case types.Bool:
+		return bool(x), nil
+	case types.Int:
+		return int64(x), nil
+	case types.Uint:
+		return uint64(x), nil
+	case types.Double:
+		return float64(x), nil
+	case types.String:
+		return string(x), nil
+	case types.Bytes:
+		return []byte(x), nil
+	case types.Timestamp:
+		return x.Time, nil
+	case types.Duration:
+		return x.Duration, nil
+	case *types.Err:
+		return nil, x
+	case traits.Mapper:
+		out := make(map[string]any, int(x.Size().(types.Int)))
+		for it := x.Iterator(); it.HasNext() == types.True; {
+			k := it.Next()
+			val, err := Native(x.Get(k))
+			if err != nil {
+				return nil, err
+			}
+			ks, ok := k.Value().(string)
+			if !ok {
+				ks = fmt.Sprint(k.Value())
+			}
+			out[ks] = val
+		}
+		return out, nil
+	case traits.Lister:
+		n := int(x.Size().(types.Int))
+		out := make([]any, n)
+		for i := 0; i < n; i++ {
+			val, err := Native(x.Get(types.Int(i)))
+			if err != nil {
+				return nil, err
+			}
+			out[i] = val
+		}
+		return out, nil
+	}
+	if o, ok := v.Value().(interface{ HasValue() bool }); ok && !o.HasValue() {
+		return nil, nil // an empty optional
+	}
+	switch x := v.Value().(type) {
+	case nil, bool, int64, uint64, float64, string, time.Time, time.Duration:
+		return x, nil
+	}
+	return nil, fmt.Errorf("expression yielded a %s, which has no plain value", v.Type())
 }

@@ -46,6 +46,10 @@ const (
 	CodeWrongVersion     Code = "wrong_expected_version"
 	CodeStreamNotFound   Code = "stream_not_found"
 	CodeStreamDeleted    Code = "stream_deleted"
+	CodeProjNotFound     Code = "projection_not_found"
+	CodeViewNotFound     Code = "view_not_found"
+	CodeRowNotFound      Code = "row_not_found"
+	CodeProjFailed       Code = "projection_failed"
 )
 
 var statusOf = map[Code]int{
@@ -77,6 +81,10 @@ var statusOf = map[Code]int{
 	CodeWrongVersion:     http.StatusConflict,
 	CodeStreamNotFound:   http.StatusNotFound,
 	CodeStreamDeleted:    http.StatusGone,
+	CodeProjNotFound:     http.StatusNotFound,
+	CodeViewNotFound:     http.StatusNotFound,
+	CodeRowNotFound:      http.StatusNotFound,
+	CodeProjFailed:       http.StatusServiceUnavailable,
 }
 
 // Status returns the HTTP status that belongs to code.

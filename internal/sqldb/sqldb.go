@@ -32,8 +32,12 @@ func Open(ctx context.Context, dsn, dataDir string) (*DB, error) {
 	}
 	if dialect == "sqlite" {
 		// WAL lets readers run beside the writer; busy_timeout turns lock
-		// contention into waiting instead of SQLITE_BUSY errors.
-		conn = "file:" + conn + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)"
+		// contention into waiting instead of SQLITE_BUSY errors. Write
+		// transactions that read first (projections read their
+		// checkpoint) take the write lock at BEGIN (_txlock=immediate):
+		// upgrading a read snapshot later fails at once, without waiting,
+		// when another writer committed in between.
+		conn = "file:" + conn + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)&_txlock=immediate"
 	}
 	db, err := sql.Open(driver, conn)
 	if err != nil {
