@@ -64,6 +64,12 @@ type Node struct {
 	eventsDB  *sqldb.DB // the postgres event store's own database, when not n.db
 	views     *projection.Manager
 	bridges   *bridges
+	gateway   *gatewayServer
+	cfgFile   string               // the config's file, for Reload
+	adjust    func(*config.Config) // command-line overrides, re-applied on reload
+	running   *config.Config       // the config last applied (reloads compare with it)
+	reloadMu  sync.Mutex
+	stopWatch context.CancelFunc
 	snapshots aggregate.Snapshots
 	router    *httpserver.Router
 	handler   http.Handler
@@ -85,6 +91,8 @@ type nodeOptions struct {
 	registry *prometheus.Registry
 	httpc    bus.HTTPDoer
 	tp       trace.TracerProvider
+	cfgFile  string
+	adjust   func(*config.Config)
 }
 
 // WithLogger sets the logger (default: from config, on stderr).
@@ -123,7 +131,7 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	if !httpserver.IsLoopback(cfg.API.Listen) && cfg.API.Token == "" {
 		return nil, httpserver.ErrTokenRequired
 	}
-	n := &Node{cfg: cfg, log: o.logger, reg: o.registry, stopping: make(chan struct{})}
+	n := &Node{cfg: cfg, log: o.logger, reg: o.registry, stopping: make(chan struct{}), cfgFile: o.cfgFile, adjust: o.adjust, running: cfg}
 	defer func() {
 		if err != nil {
 			n.close(context.Background())
@@ -138,6 +146,9 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	}
 	// Bind first: a taken port should fail before anything is started.
 	if n.listener, err = httpserver.Listen(cfg.API.Listen); err != nil {
+		return nil, err
+	}
+	if err := n.bindGateway(); err != nil {
 		return nil, err
 	}
 	if cfg.NATS.URL == "" || cfg.SQL.DSN == "" {
@@ -191,9 +202,14 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	if err := n.startBridges(ctx); err != nil {
 		return nil, err
 	}
+	if err := n.startGateway(); err != nil {
+		return nil, err
+	}
+	n.startWatch()
 	n.mount()
 	n.log.Info("junction started", "version", BuildVersion(), "api", n.listener.Addr().String(),
-		"nats", natsDesc(cfg), "sql", n.db.Dialect, "eventstore", cfg.EventStore.Backend, "data_dir", cfg.DataDir)
+		"nats", natsDesc(cfg), "sql", n.db.Dialect, "eventstore", cfg.EventStore.Backend, "data_dir", cfg.DataDir,
+		"gateway", n.GatewayAddr())
 	return n, nil
 }
 
@@ -331,6 +347,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(n.listener) }()
+	if n.gateway != nil {
+		n.gateway.serve(n.log)
+	}
 	var serveErr error
 	select {
 	case serveErr = <-errc:
@@ -347,6 +366,8 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = n.bus.Stop(sctx) }()  // also ends open tails (n.stopping ends follows)
 	go func() { defer wg.Done(); _ = n.mesh.Stop(sctx) }() // deregisters a sidecar first
+	gwErr := make(chan error, 1)
+	go func() { gwErr <- n.gateway.shutdown(sctx) }()
 	if serveErr == nil {
 		if err := srv.Shutdown(sctx); err != nil {
 			_ = srv.Close()
@@ -354,6 +375,9 @@ func (n *Node) Run(ctx context.Context) error {
 		if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 			serveErr = err
 		}
+	}
+	if err := <-gwErr; err != nil && serveErr == nil {
+		serveErr = err
 	}
 	wg.Wait()
 	n.close(sctx)
@@ -374,12 +398,18 @@ func (n *Node) Close() {
 
 func (n *Node) close(ctx context.Context) {
 	n.closed.Do(func() {
+		if n.stopWatch != nil {
+			n.stopWatch()
+		}
 		n.stopBridges()
 		if n.mesh != nil {
 			_ = n.mesh.Stop(ctx) // a no-op after Run's
 		}
 		if n.listener != nil {
 			_ = n.listener.Close()
+		}
+		if n.gateway != nil {
+			_ = n.gateway.listener.Close()
 		}
 		if n.views != nil {
 			n.views.Close() // before the store and databases it reads and writes

@@ -59,6 +59,7 @@ type Config struct {
 	Services        map[string]*Service      `yaml:"services"`
 	Policies        map[string]*Policy       `yaml:"policies"`
 	Projections     map[string]*Projection   `yaml:"projections"`
+	Gateway         Gateway                  `yaml:"gateway"`
 }
 
 // Log configures slog output on stderr.
@@ -197,6 +198,7 @@ func Default() *Config {
 			MaxMessageBytes:  1 << 20,
 			MaxBatch:         1000,
 		},
+		Gateway: Gateway{Listen: ":8080"},
 		Mesh: Mesh{
 			TLS:     MeshTLS{CertTTL: Duration(24 * time.Hour)},
 			Sidecar: Sidecar{TTL: Duration(10 * time.Second)},
@@ -543,6 +545,7 @@ func (c *Config) validate() []issue {
 	}
 	is = append(is, c.validateMesh()...)
 	is = append(is, c.validateProjections()...)
+	is = append(is, c.validateGateway()...)
 	for name, t := range c.Topics {
 		p := "topics." + name
 		if !ValidTopicName(name) {

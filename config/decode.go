@@ -2,9 +2,10 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"reflect"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -186,14 +187,8 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		d.errorf(n, path, "%s: expected a mapping, got %s", pathOrRoot(path), kindName(n))
 		return
 	}
-	fields := map[string]int{}
-	t := v.Type()
-	for i := 0; i < t.NumField(); i++ {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
-		if name != "" && name != "-" {
-			fields[name] = i
-		}
-	}
+	fields := map[string][]int{}
+	yamlFields(v.Type(), nil, fields)
 	seen := map[string]Pos{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
@@ -212,11 +207,27 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		seen[key] = Pos{k.Line, k.Column}
-		d.decode(val, v.Field(idx), sub)
+		d.decode(val, v.FieldByIndex(idx), sub)
 		if resolve(val).Kind == yaml.MappingNode {
 			// A section's own problems (a missing key) are reported at its
 			// name, not at whichever of its keys happens to come first.
 			d.pos[sub] = Pos{k.Line, k.Column}
+		}
+	}
+}
+
+// yamlFields maps each YAML key of struct type t to its field's index
+// path; the fields of a struct tagged `yaml:",inline"` count as t's own.
+func yamlFields(t reflect.Type, prefix []int, out map[string][]int) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		idx := append(append([]int(nil), prefix...), i)
+		switch {
+		case name == "" && opts == "inline" && f.Type.Kind() == reflect.Struct:
+			yamlFields(f.Type, idx, out)
+		case name != "" && name != "-":
+			out[name] = idx
 		}
 	}
 }
@@ -283,13 +294,8 @@ func pathOrRoot(p string) string {
 	return p
 }
 
-func knownKeys(m map[string]int) string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return strings.Join(ks, ", ")
+func knownKeys[V any](m map[string]V) string {
+	return strings.Join(slices.Sorted(maps.Keys(m)), ", ")
 }
 
 func kindName(n *yaml.Node) string {

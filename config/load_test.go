@@ -264,6 +264,7 @@ func TestGoodFiles(t *testing.T) {
 				Tracing:         Tracing{Exporter: "otlp", Endpoint: "127.0.0.1:4318", Sample: 0.25},
 				Bus:             Bus{AutoCreateTopics: true, DedupWindow: 0, MaxMessageBytes: 7 << 20, MaxBatch: 100000},
 				Mesh:            Default().Mesh,
+				Gateway:         Default().Gateway,
 				Topics: map[string]*Topic{
 					"payments": {MaxAge: Duration(24 * time.Hour), MaxBytes: 1 << 30, MaxMsgs: 1000000, Replicas: 3, DedupWindow: Duration(30 * time.Second)},
 				},

@@ -69,6 +69,10 @@ type Service struct {
 	// instance with consistent_hash (sticky sessions).
 	HashKey string `yaml:"hash_key"`
 	Policy  string `yaml:"policy"`
+	// Protocol is how instances are called: http1 (the default: HTTP/1.1,
+	// or HTTP/2 when TLS negotiates it) or h2c (HTTP/2 without TLS, which
+	// gRPC servers speak).
+	Protocol string `yaml:"protocol"`
 }
 
 // Instance is one address of a service. In YAML it may be just its URL.
@@ -277,6 +281,9 @@ func CheckInstanceURL(s string) error {
 func (s *Service) check(policies map[string]*Policy) []issue {
 	var is []issue
 	add := func(f, format string, a ...any) { is = append(is, issue{Issue: Issue{f, fmt.Sprintf(format, a...)}}) }
+	if s.Protocol != "" && s.Protocol != "http1" && s.Protocol != "h2c" {
+		add("protocol", "protocol must be http1 or h2c, got %q", s.Protocol)
+	}
 	ids := map[string]int{}
 	for i, in := range s.Instances {
 		p := fmt.Sprintf("instances[%d]", i)

@@ -60,6 +60,7 @@ type Mesh struct {
 	tls      *identity // nil without mesh.tls
 	plain    *http.Transport
 	secure   *http.Transport // mTLS to registered mesh peers
+	h2c      *http.Transport // HTTP/2 without TLS, for protocol: h2c
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -98,6 +99,7 @@ func New(ctx context.Context, o Options) (*Mesh, error) {
 		}
 	}
 	m.plain, m.secure = m.transports()
+	m.h2c = h2cTransport()
 	if o.Mesh.Listen != "" && o.Mesh.Sidecar.Service == "" {
 		m.log.Warn("mesh.listen is unused: the mTLS listener serves sidecar mode only (mesh.sidecar or --sidecar-for)")
 	}
@@ -159,6 +161,7 @@ func (m *Mesh) Stop(ctx context.Context) error {
 		m.wg.Wait()
 		m.plain.CloseIdleConnections()
 		m.secure.CloseIdleConnections()
+		m.h2c.CloseIdleConnections()
 	})
 	return nil
 }

@@ -122,3 +122,15 @@ func (m *Mesh) transports() (plain, secure *http.Transport) {
 	}
 	return plain, secure
 }
+
+// h2cTransport calls instances of h2c services: HTTP/2 over plain TCP
+// with prior knowledge, as gRPC servers expect.
+func h2cTransport() *http.Transport {
+	t := &http.Transport{
+		DialContext:     (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		IdleConnTimeout: 90 * time.Second,
+		Protocols:       new(http.Protocols),
+	}
+	t.Protocols.SetUnencryptedHTTP2(true)
+	return t
+}

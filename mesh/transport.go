@@ -399,9 +399,12 @@ func (c *callState) attempt(in *instance, n int, rc io.ReadCloser) (*http.Respon
 		out.Header.Set(TimeoutHeader, time.Until(dl).Round(time.Millisecond).String())
 	}
 	rt := http.RoundTripper(m.plain)
-	if in.mtls {
+	switch {
+	case in.mtls:
 		rt = m.secure
 		out.Header.Set(ServiceHeader, s.name)
+	case s.cfg.Protocol == "h2c" && in.url.Scheme == "http":
+		rt = m.h2c
 	}
 	if m.traced {
 		// Without tracing the caller's traceparent is forwarded as it came.

@@ -352,11 +352,25 @@ func (s *Store) scan(ctx context.Context, filter string, from, to uint64, fn fun
 	if from > to {
 		return nil
 	}
+	// Each read is a short-lived ordered consumer. It is deleted when the
+	// read ends: left to its inactivity threshold, busy readers (a
+	// projection catching up, a rebuild) would pile up consumers until the
+	// server refuses new ones. MaxResetAttempts bounds the client's own
+	// retries, which would otherwise go on forever when the server
+	// refuses.
 	cons, err := s.js.OrderedConsumer(ctx, s.events, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from})
+		FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
+		InactiveThreshold: 30 * time.Second, MaxResetAttempts: 3})
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if info := cons.CachedInfo(); info != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = s.js.DeleteConsumer(dctx, s.events, info.Name)
+			cancel()
+		}
+	}()
 	for {
 		if err := ctx.Err(); err != nil {
 			return err

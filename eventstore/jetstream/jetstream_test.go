@@ -92,3 +92,37 @@ func TestLargeAppend(t *testing.T) {
 		t.Fatalf("append of %d events: %v, want ErrInvalid", len(huge), err)
 	}
 }
+
+// Reads leave no consumer behind: a busy reader (a projection catching up,
+// a rebuild, many API reads) must not exhaust the server's consumers.
+func TestReadsLeaveNoConsumers(t *testing.T) {
+	ctx := context.Background()
+	c, err := natsembed.Start(ctx, natsembed.Options{DataDir: t.TempDir(), Logger: testutil.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := jetstream.Open(ctx, c.JS, "es")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(ctx, "order-1", eventstore.Any, []eventstore.EventData{{Type: "A", Data: []byte(`{}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 1200; i++ { // more than the 1,000 consumers a stream may have by default
+		if _, err := s.ReadAll(ctx, eventstore.ReadAllOptions{Limit: 1}); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+	}
+	st, err := c.JS.Stream(ctx, "es_events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Consumers > 10 {
+		t.Errorf("%d consumers left on the events stream after 1,200 reads", info.State.Consumers)
+	}
+}

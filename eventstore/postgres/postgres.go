@@ -180,10 +180,14 @@ const (
 // scavenge can delete the newest events of the log and positions must
 // never be reused.
 func (s *Store) appendFunc() string {
+	// force_custom_plan: PL/pgSQL caches its statements' plans, and a
+	// generic plan made while the events table was small scans the whole
+	// table for the id lookup forever after; a custom plan per call sees
+	// the table as it is and uses the indexes.
 	return `CREATE OR REPLACE FUNCTION ` + s.t("append") + `(p_stream text, p_category text, p_expected bigint,
 	p_ids text[], p_types text[], p_data text[], p_metadata text[], p_now timestamptz)
 RETURNS TABLE (o_code int, o_first bigint, o_last bigint, o_position bigint)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $fn$
 DECLARE
 	n bigint := cardinality(p_ids);
 	hits bigint;
@@ -242,7 +246,7 @@ $fn$`
 func (s *Store) scavengeFunc() string {
 	return `CREATE OR REPLACE FUNCTION ` + s.t("scavenge") + `(p_stream text, p_now timestamptz, p_budget int)
 RETURNS bigint
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $fn$
 DECLARE
 	r_age bigint;
 	r_count bigint;

@@ -84,13 +84,14 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if dataDir != "" {
-				cfg.DataDir = dataDir
-			}
-			if listen != "" {
-				cfg.API.Listen = listen
-			}
-			if sidecarFor != "" || app != "" || meshListen != "" {
+			// The flags override the file, now and at every reload.
+			adjust := func(cfg *config.Config) {
+				if dataDir != "" {
+					cfg.DataDir = dataDir
+				}
+				if listen != "" {
+					cfg.API.Listen = listen
+				}
 				if sidecarFor != "" {
 					cfg.Mesh.Sidecar.Service = sidecarFor
 				}
@@ -100,19 +101,32 @@ func serveCmd() *cobra.Command {
 				if meshListen != "" {
 					cfg.Mesh.Listen = meshListen
 				}
-				if err := cfg.Validate(); err != nil {
-					return err
+				if cfg.API.Token == "" {
+					cfg.API.Token = os.Getenv("JUNCTION_API_TOKEN")
 				}
 			}
-			if cfg.API.Token == "" {
-				cfg.API.Token = os.Getenv("JUNCTION_API_TOKEN")
+			adjust(cfg)
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			var opts []junction.Option
+			if file := config.Locate(cfgPath); file != "" {
+				opts = append(opts, junction.WithConfigFile(file, adjust))
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			node, err := junction.New(ctx, cfg)
+			node, err := junction.New(ctx, cfg, opts...)
 			if err != nil {
 				return err
 			}
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for range hup {
+					_ = node.Reload() // a refused file is logged; the node goes on
+				}
+			}()
 			go func() {
 				// A second signal during shutdown exits at once.
 				<-ctx.Done()

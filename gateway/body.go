@@ -1,0 +1,26 @@
+package gateway
+
+import (
+	"io"
+	"net/http"
+	"net/url"
+
+	"github.com/junctionhq/junction/internal/problem"
+)
+
+var pathUnescape = url.PathUnescape
+
+// readBody reads at most limit bytes of r's body; a larger one is 413.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		return nil, problem.From(err)
+	}
+	return b, nil
+}
+
+func writeProblem(w http.ResponseWriter, r *http.Request, err error) { problem.Write(w, r, err) }
+
+func tooLarge(limit int64) error {
+	return problem.New(problem.CodeTooLarge, "request body exceeds the limit of %d bytes", limit)
+}
