@@ -206,6 +206,9 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 		return nil, err
 	}
 	n.startWatch()
+	if len(cfg.Workflows) > 0 {
+		n.log.Warn("workflows are declared and validated, but this version does not run them yet", "workflows", len(cfg.Workflows))
+	}
 	n.mount()
 	n.log.Info("junction started", "version", BuildVersion(), "api", n.listener.Addr().String(),
 		"nats", natsDesc(cfg), "sql", n.db.Dialect, "eventstore", cfg.EventStore.Backend, "data_dir", cfg.DataDir,

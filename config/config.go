@@ -60,6 +60,7 @@ type Config struct {
 	Policies        map[string]*Policy       `yaml:"policies"`
 	Projections     map[string]*Projection   `yaml:"projections"`
 	Gateway         Gateway                  `yaml:"gateway"`
+	Workflows       map[string]*Workflow     `yaml:"workflows"`
 }
 
 // Log configures slog output on stderr.
@@ -546,6 +547,7 @@ func (c *Config) validate() []issue {
 	is = append(is, c.validateMesh()...)
 	is = append(is, c.validateProjections()...)
 	is = append(is, c.validateGateway()...)
+	is = append(is, c.validateWorkflows()...)
 	for name, t := range c.Topics {
 		p := "topics." + name
 		if !ValidTopicName(name) {

@@ -109,6 +109,17 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		d.decodeStruct(n, v, path)
+	case reflect.Interface:
+		// A free-form value (an inline JSON Schema): taken as YAML gives it,
+		// with mapping keys as strings so it reads as JSON would.
+		var x any
+		if err := n.Decode(&x); err != nil {
+			d.errorf(n, path, "%s: %v", path, err)
+			return
+		}
+		if x != nil {
+			v.Set(reflect.ValueOf(x))
+		}
 	case reflect.Map:
 		d.decodeMap(n, v, path)
 	case reflect.Slice:

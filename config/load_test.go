@@ -207,6 +207,19 @@ func TestGoodFiles(t *testing.T) {
 			eq(t, "push.timeout (default)", b.Push.Timeout.D(), DefaultPushTimeout)
 			eq(t, "max_in_flight (push default)", b.MaxInFlight, DefaultMaxInFlight)
 		},
+		"workflows": func(t *testing.T, c *Config) {
+			w := c.Workflows["place_order"]
+			eq(t, "steps", len(w.Steps), 9)
+			eq(t, "timeout", w.Timeout, Duration(48*time.Hour))
+			eq(t, "charge needs", w.Steps[1].Needs, []string{"reserve"})
+			eq(t, "charge retry", *w.Steps[1].Retry, StepRetry{Attempts: 5, Backoff: Duration(time.Second), Multiplier: 2, MaxBackoff: Duration(time.Minute)})
+			eq(t, "default retry", *w.Steps[0].Retry, DefaultStepRetry())
+			eq(t, "kinds", []string{w.Steps[0].Kind(), w.Steps[2].Kind(), w.Steps[3].Kind(), w.Steps[4].Kind(), w.Steps[5].Kind(), w.Steps[7].Kind(), w.Steps[8].Kind()},
+				[]string{"call", "wait", "sleep", "switch", "foreach", "append", "set"})
+			eq(t, "compensation", w.Steps[0].Compensate.Call.Method, "DELETE")
+			eq(t, "foreach do", w.Steps[5].Foreach.Do.Kind(), "publish")
+			eq(t, "input schema", w.Input.(map[string]any)["type"], any("object"))
+		},
 		"projections": func(t *testing.T, c *Config) {
 			p := c.Projections["order_summary"]
 			eq(t, "order_summary table", p.Table.Name, "order_summary")

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/junctionhq/junction"
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/testutil"
 )
@@ -24,7 +25,7 @@ import (
 // protocolNode runs a gateway in front of: an app that upgrades
 // connections (a WebSocket-style echo) and streams server-sent events,
 // and a gRPC server (h2c).
-func protocolNode(t *testing.T) (gw string, tick chan struct{}) {
+func protocolNode(t *testing.T) (gw string, tick chan struct{}, node *junction.Node) {
 	tick = make(chan struct{})
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
@@ -77,14 +78,14 @@ func protocolNode(t *testing.T) (gw string, tick chan struct{}) {
 		t.Fatal(err)
 	}
 	n := testutil.Start(t, cfg)
-	return n.Node.GatewayAddr(), tick
+	return n.Node.GatewayAddr(), tick, n.Node
 }
 
 func ptr[T any](v T) *T { return &v }
 
 // An upgraded connection is a tunnel: bytes flow both ways as written.
 func TestWebSocketPassThrough(t *testing.T) {
-	gw, _ := protocolNode(t)
+	gw, _, _ := protocolNode(t)
 	conn, err := net.DialTimeout("tcp", gw, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +111,7 @@ func TestWebSocketPassThrough(t *testing.T) {
 // them (the app waits for the client before sending the next), through
 // a route that also has gzip on.
 func TestServerSentEventsUnbuffered(t *testing.T) {
-	gw, tick := protocolNode(t)
+	gw, tick, _ := protocolNode(t)
 	req, _ := http.NewRequest("GET", "http://"+gw+"/events", nil)
 	req.Header.Set("Accept-Encoding", "gzip")
 	resp, err := http.DefaultClient.Do(req)
@@ -137,7 +138,7 @@ func TestServerSentEventsUnbuffered(t *testing.T) {
 // gRPC clients reach an h2c gRPC server through the gateway, trailers
 // (grpc-status) included.
 func TestGRPCToH2C(t *testing.T) {
-	gw, _ := protocolNode(t)
+	gw, _, _ := protocolNode(t)
 	cc, err := grpc.NewClient(gw, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -153,5 +154,39 @@ func TestGRPCToH2C(t *testing.T) {
 	_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: "nope"})
 	if err == nil || !strings.Contains(err.Error(), "NotFound") {
 		t.Fatalf("unknown service: %v", err)
+	}
+}
+
+// A WebSocket opened before a reload keeps working after it: the tunnel
+// belongs to the connection, not to the route table.
+func TestWebSocketSurvivesReload(t *testing.T) {
+	gw, _, node := protocolNode(t)
+	conn, err := net.DialTimeout("tcp", gw, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprint(conn, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	br := bufio.NewReader(conn)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	echo := func(msg string) {
+		t.Helper()
+		fmt.Fprint(conn, msg)
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(br, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo of %q: %q %v", msg, buf, err)
+		}
+	}
+	echo("before")
+	// Reload to a table without the route that opened the tunnel.
+	if err := node.Gateway().Reload(config.Gateway{Routes: []*config.GatewayRoute{{Name: "only", Path: "/other", Static: &config.GatewayStatic{Status: 200, ContentType: "text/plain"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	echo("after the reload")
+	if code, _, _ := testutil.Do(t, "GET", "http://"+gw+"/ws", nil, ""); code != 404 {
+		t.Errorf("a new request to the removed route: %d, want 404", code)
 	}
 }
