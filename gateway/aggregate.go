@@ -103,8 +103,13 @@ func (g *Gateway) callPart(r *http.Request, client *http.Client, p *config.Aggre
 	}
 	for k, vs := range r.Header {
 		switch http.CanonicalHeaderKey(k) {
-		case "Connection", "Content-Length", "Content-Type", "Te", "Upgrade", "Accept-Encoding", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding":
+		case "Connection", "Content-Length", "Content-Type", "Te", "Upgrade", "Accept-Encoding", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding",
+			"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded":
 			continue
+		case "Authorization", "Cookie":
+			if p.URL != "" {
+				continue // the client's credentials are not for a third party
+			}
 		}
 		req.Header[k] = vs
 	}

@@ -312,7 +312,7 @@ func (c *responseCache) storable(r *http.Request, code int, h http.Header, now t
 	_, public := cc["public"]
 	_, mustRevalidate := cc["must-revalidate"]
 	sMaxAge, hasSMaxAge := cc["s-maxage"]
-	credentials := r.Header.Get("Authorization") != "" || identity(r) != nil
+	credentials := r.Header.Get("Authorization") != "" || r.Header.Get("Cookie") != "" || identity(r) != nil
 	if credentials && !public && !hasSMaxAge && !mustRevalidate {
 		return 0, false
 	}
@@ -425,10 +425,16 @@ func (cw *cacheWriter) Flush() {
 // finish stores the response once the backend is done with it.
 func (cw *cacheWriter) finish() {
 	if cw.code == 0 {
+		// The backend wrote nothing: nothing to keep, whatever the
+		// server answers for it.
 		cw.WriteHeader(http.StatusOK)
+		cw.store = false
 	}
-	if !cw.store {
+	if !cw.store || cw.r.Context().Err() != nil {
 		return
+	}
+	if cw.hdr.Get("Junction-Error") != "" || cw.hdr.Get(CompletedHeader) == "false" {
+		return // Junction's own refusals and partial aggregates are not answers to keep
 	}
 	if cl := cw.hdr.Get("Content-Length"); cl != "" && cl != strconv.Itoa(cw.body.Len()) {
 		return // cut short

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -54,14 +55,18 @@ func (g *Gateway) chain(rt *route, mw config.GatewayMiddleware) (http.Handler, e
 	if mw.RequestHeaders != nil || mw.ResponseHeaders != nil {
 		h = rewriteHeaders(mw.RequestHeaders, mw.ResponseHeaders)(h)
 	}
+	limit := mw.MaxBodyBytes
+	if limit == 0 {
+		limit = DefaultMaxBodyBytes
+	}
 	if rt.spec != nil {
-		h = rt.spec.validate()(h)
+		h = rt.spec.validate(limit)(h)
 	}
 	if mw.RateLimit != nil {
 		var buckets BucketStore
 		if g.o.Buckets != nil {
 			// A route's global buckets are its own, as its local ones are.
-			buckets = routeBuckets{g.o.Buckets, rt.cfg.Name}
+			buckets = routeBuckets{g.o.Buckets, fmt.Sprintf("%d %s", rt.order, rt.cfg.Name)}
 		}
 		rl, err := newRateLimit(mw.RateLimit, buckets)
 		if err != nil {
@@ -75,10 +80,6 @@ func (g *Gateway) chain(rt *route, mw config.GatewayMiddleware) (http.Handler, e
 			return nil, err
 		}
 		h = au(h)
-	}
-	limit := mw.MaxBodyBytes
-	if limit == 0 {
-		limit = DefaultMaxBodyBytes
 	}
 	h = maxBody(limit)(h)
 	if mw.CORS != nil {

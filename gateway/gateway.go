@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -72,9 +73,10 @@ type Gateway struct {
 }
 
 type table struct {
-	routes  []*route // most specific first
-	docPath string   // where the OpenAPI document is served ("" nowhere)
-	doc     []byte   // the OpenAPI document of the routes
+	routes   []*route        // most specific first
+	identity map[string]bool // identity headers (folded) removed from every request
+	docPath  string          // where the OpenAPI document is served ("" nowhere)
+	doc      []byte          // the OpenAPI document of the routes
 }
 
 // New builds a gateway serving cfg's routes.
@@ -102,7 +104,7 @@ func New(o Options, cfg config.Gateway) (*Gateway, error) {
 // with the backend they got; a table that does not build is refused and
 // the current one keeps serving.
 func (g *Gateway) Reload(cfg config.Gateway) error {
-	t := &table{}
+	t := &table{identity: identityHeaders(cfg)}
 	for i, rc := range cfg.Routes {
 		rt := &route{cfg: rc, pattern: compilePattern(rc.Path), methods: rc.Methods, order: i}
 		if rc.When != "" {
@@ -123,7 +125,7 @@ func (g *Gateway) Reload(cfg config.Gateway) error {
 			}
 		}
 		mw := cfg.Defaults.Merge(rc.GatewayMiddleware)
-		rt.cors = mw.CORS != nil
+		rt.cors, rt.auth = mw.CORS != nil, mw.Auth
 		if rt.handler, err = g.chain(rt, mw); err != nil {
 			return fmt.Errorf("route %s: %w", rc.Name, err)
 		}
@@ -168,6 +170,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set(RequestIDHeader, id)
 	t := g.table.Load()
+	if err := checkPath(r.URL.EscapedPath()); err != nil {
+		problem.Write(w, r, err)
+		return
+	}
+	stripHeaders(r.Header, t.identity)
 	if t.docPath != "" && r.URL.Path == t.docPath && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(t.doc)
@@ -230,7 +237,13 @@ func (g *Gateway) backend(rt *route) (http.Handler, error) {
 	case "redirect":
 		d := c.Redirect
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			http.Redirect(w, r, expand(d.URL, params(r), true), d.Status)
+			to := expand(d.URL, params(r), true)
+			if strings.HasPrefix(d.URL, "/") && !strings.HasPrefix(d.URL, "//") {
+				// A relative target stays on this host: "//evil.example"
+				// from a parameter must not become another host.
+				to = "/" + strings.TrimLeft(to, "/\\")
+			}
+			http.Redirect(w, r, to, d.Status)
 		}), nil
 	}
 	return nil, fmt.Errorf("no backend")
@@ -248,19 +261,31 @@ func (g *Gateway) serviceProxy(c *config.GatewayRoute, svc string) http.Handler 
 				pr.Out.URL.Path = unescape(p)
 			}
 			pr.Out.Host = ""
-			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+			// X-Forwarded-For names the peer only: the gateway is the
+			// edge, and a client's own X-Forwarded-For is not evidence.
 			pr.SetXForwarded()
 		},
 		Transport:     g.o.Services,
 		FlushInterval: -1, // pass streams (server-sent events) through at once
 		ErrorLog:      slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if r.Context().Err() != nil {
-				return // the caller is gone
+			switch ctxErr := r.Context().Err(); {
+			case errors.Is(ctxErr, context.DeadlineExceeded):
+				// The route's timeout: say so, rather than an empty 200.
+				w.Header().Set("Junction-Error", string(problem.CodeTimeout))
+				problem.Write(w, r, problem.New(problem.CodeTimeout, "service %s did not answer within the route's timeout", svc))
+				return
+			case ctxErr != nil:
+				// The client is gone: abort, so nothing (an empty 200)
+				// is taken for an answer, by the cache or anyone.
+				panic(http.ErrAbortHandler)
 			}
 			p := problem.From(err)
 			if p.Code == problem.CodeInternal {
-				p = problem.New(problem.CodeUpstream, "calling service %s: %v", svc, err)
+				// The cause (addresses, dial errors) is for the log, not
+				// for the public.
+				g.log.Warn("gateway upstream error", "service", svc, "err", err, "request_id", r.Header.Get(RequestIDHeader))
+				p = problem.New(problem.CodeUpstream, "service %s is unreachable (request %s)", svc, r.Header.Get(RequestIDHeader))
 			}
 			w.Header().Set("Junction-Error", string(p.Code))
 			problem.Write(w, r, p)

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -93,11 +94,12 @@ type route struct {
 	pattern pattern
 	methods []string
 	when    *expr.Program
-	backend http.Handler // the backend alone
-	handler http.Handler // the backend within the route's middleware
-	spec    *spec        // the OpenAPI file the route imports, if any
-	cors    bool         // CORS is on: preflights match by the method they ask for
-	order   int          // position in the config, the last tie-breaker
+	backend http.Handler        // the backend alone
+	handler http.Handler        // the backend within the route's middleware
+	spec    *spec               // the OpenAPI file the route imports, if any
+	cors    bool                // CORS is on: preflights match by the method they ask for
+	auth    *config.GatewayAuth // the route's authentication, defaults included
+	order   int                 // position in the config, the last tie-breaker
 }
 
 // moreSpecific reports whether a wins over b when both match a request:
@@ -148,10 +150,10 @@ func hostMatches(want, host string) bool {
 	if want == "" {
 		return true
 	}
-	if h, _, ok := strings.Cut(host, ":"); ok {
+	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
-	host = strings.ToLower(host)
+	host = strings.TrimSuffix(strings.ToLower(host), ".") // example.com. is example.com
 	if d, ok := strings.CutPrefix(want, "*."); ok {
 		return strings.HasSuffix(host, "."+strings.ToLower(d))
 	}
@@ -161,7 +163,7 @@ func hostMatches(want, host string) bool {
 // matches reports whether the route takes r, and with which parameters.
 func (rt *route) matches(r *http.Request) (map[string]string, bool) {
 	method := r.Method
-	if method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" && rt.cors {
+	if method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" && r.Header.Get("Origin") != "" && rt.cors {
 		// A CORS preflight is for the method it names: it reaches the
 		// route that will serve that method, whose CORS answers it.
 		method = r.Header.Get("Access-Control-Request-Method")

@@ -165,7 +165,7 @@ func (s *spec) find(r *http.Request) (*operation, map[string]string) {
 // whose parameters or JSON body do not match its operation in the spec.
 // Requests for operations the spec does not have pass unchecked: the
 // route's methods and path decide what reaches it.
-func (s *spec) validate() middleware {
+func (s *spec) validate(limit int64) middleware {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			op, ps := s.find(r)
@@ -194,7 +194,7 @@ func (s *spec) validate() middleware {
 				}
 			}
 			if op.body != nil {
-				b, err := readBody(w, r, DefaultMaxBodyBytes)
+				b, err := readBody(w, r, limit)
 				if err != nil {
 					problem.Write(w, r, err)
 					return
@@ -327,7 +327,7 @@ func document(routes []*route, specs map[*route]*spec) map[string]any {
 					op["parameters"] = ps
 				}
 			}
-			if a := c.Auth; a != nil && !a.None {
+			if a := rt.auth; a != nil && !a.None {
 				var sec []any
 				if a.APIKey != nil {
 					sec = append(sec, map[string]any{"apiKey": []any{}})
