@@ -22,6 +22,10 @@ const (
 	// maxCacheBody is the largest body kept; larger responses stream
 	// through uncached.
 	maxCacheBody = 1 << 20
+	// defaultCacheBytes bounds the bodies one route's cache keeps, so
+	// many distinct URLs (a query parameter that varies) cannot grow it
+	// to entries × maxCacheBody.
+	defaultCacheBytes = 64 << 20
 	// maxCacheVariants bounds the variants kept of one URL (responses
 	// that Vary on a header taking many values), so that finding one
 	// stays cheap.
@@ -63,7 +67,10 @@ type responseCache struct {
 	maxBody    int
 	now        func() time.Time
 
+	maxBytes int
+
 	mu    sync.Mutex
+	bytes int                        // the bodies' bytes kept
 	lru   list.List                  // of *cacheEntry, most recently used first
 	byURL map[string][]*list.Element // the variants of a URL, oldest first
 }
@@ -93,7 +100,7 @@ func newResponseCache(cfg *config.GatewayCache, now func() time.Time) (*response
 	if n == 0 {
 		n = defaultCacheEntries
 	}
-	return &responseCache{ttl: cfg.TTL.D(), maxEntries: n, maxBody: maxCacheBody, now: now,
+	return &responseCache{ttl: cfg.TTL.D(), maxEntries: n, maxBody: maxCacheBody, maxBytes: defaultCacheBytes, now: now,
 		byURL: map[string][]*list.Element{}}, nil
 }
 
@@ -216,7 +223,8 @@ func (c *responseCache) put(e *cacheEntry) {
 		c.remove(vs[0])
 	}
 	c.byURL[e.url] = append(c.byURL[e.url], c.lru.PushFront(e))
-	for c.lru.Len() > c.maxEntries {
+	c.bytes += len(e.body)
+	for c.lru.Len() > c.maxEntries || c.bytes > c.maxBytes && c.lru.Len() > 1 {
 		c.remove(c.lru.Back())
 	}
 }
@@ -225,6 +233,7 @@ func (c *responseCache) put(e *cacheEntry) {
 func (c *responseCache) remove(el *list.Element) {
 	e := el.Value.(*cacheEntry)
 	c.lru.Remove(el)
+	c.bytes -= len(e.body)
 	vs := slices.DeleteFunc(c.byURL[e.url], func(x *list.Element) bool { return x == el })
 	if len(vs) == 0 {
 		delete(c.byURL, e.url)

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -434,5 +435,25 @@ func TestCacheWithGzip(t *testing.T) {
 	w = ct.do("GET", "/a", nil)
 	if w.Header().Get("Content-Encoding") != "" || w.Header().Get("X-Cache") != "MISS" || w.Body.String() != big {
 		t.Fatalf("plain %v", w.Header())
+	}
+}
+
+// The bodies kept are bounded in bytes, not only in entries: URLs that
+// differ only by a query parameter cannot fill memory.
+func TestCacheByteBudget(t *testing.T) {
+	c, err := newResponseCache(&config.GatewayCache{TTL: config.Duration(time.Minute)}, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.maxBytes = 10 << 10
+	body := make([]byte, 1<<10)
+	for i := range 50 {
+		c.put(&cacheEntry{url: fmt.Sprintf("h /big?x=%d", i), status: 200, header: http.Header{}, body: body, stored: time.Now()})
+	}
+	c.mu.Lock()
+	n, b := c.lru.Len(), c.bytes
+	c.mu.Unlock()
+	if n != 10 || b != 10<<10 {
+		t.Errorf("kept %d entries, %d bytes; want 10 entries of 1 KiB", n, b)
 	}
 }
