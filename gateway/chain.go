@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strconv"
 	"time"
 
@@ -29,8 +30,10 @@ const DefaultMaxBodyBytes = 10 << 20
 //  2. access log, metrics and span
 //  3. CORS: a preflight is answered here, before authentication
 //  4. body size limit
-//  5. authentication (API key or JWT)
-//  6. rate limit (its key may use the identity authentication found)
+//  5. rate limit, when its key does not use the identity (request.ip,
+//     headers...): failed authentications spend tokens too
+//  6. authentication (API key or JWT), then the rate limit keyed by
+//     identity (request.claims, request.key)
 //  7. request validation against the route's OpenAPI file
 //  8. request and response header rewrites
 //  9. timeout
@@ -62,16 +65,23 @@ func (g *Gateway) chain(rt *route, mw config.GatewayMiddleware) (http.Handler, e
 	if rt.spec != nil {
 		h = rt.spec.validate(limit)(h)
 	}
+	var rl middleware
 	if mw.RateLimit != nil {
 		var buckets BucketStore
 		if g.o.Buckets != nil {
 			// A route's global buckets are its own, as its local ones are.
 			buckets = routeBuckets{g.o.Buckets, fmt.Sprintf("%d %s", rt.order, rt.cfg.Name)}
 		}
-		rl, err := newRateLimit(mw.RateLimit, buckets)
-		if err != nil {
+		var err error
+		if rl, err = newRateLimit(mw.RateLimit, buckets); err != nil {
 			return nil, err
 		}
+	}
+	// A limit keyed by who the request is (claims, the API key's name)
+	// runs after authentication; any other runs before it, so that failed
+	// attempts (guessing keys, costly signature checks) spend tokens too.
+	afterAuth := mw.RateLimit != nil && identityKeyRe.MatchString(mw.RateLimit.Key)
+	if rl != nil && afterAuth {
 		h = rl(h)
 	}
 	if a := mw.Auth; a != nil && !a.None {
@@ -80,6 +90,9 @@ func (g *Gateway) chain(rt *route, mw config.GatewayMiddleware) (http.Handler, e
 			return nil, err
 		}
 		h = au(h)
+	}
+	if rl != nil && !afterAuth {
+		h = rl(h)
 	}
 	h = maxBody(limit)(h)
 	if mw.CORS != nil {
@@ -248,3 +261,7 @@ type routeBuckets struct {
 func (b routeBuckets) Take(ctx context.Context, key string, rate float64, burst int) (bool, int, time.Duration, error) {
 	return b.BucketStore.Take(ctx, b.route+"\x00"+key, rate, burst)
 }
+
+// identityKeyRe spots a rate-limit key that reads who the request
+// authenticated as.
+var identityKeyRe = regexp.MustCompile(`\brequest\s*\.\s*(claims|key)\b`)

@@ -111,3 +111,21 @@ func TestGatewayHardening(t *testing.T) {
 		}
 	}
 }
+
+// Failed authentications spend rate-limit tokens when the limit is keyed
+// by address, so keys cannot be guessed at full speed.
+func TestRateLimitBeforeAuth(t *testing.T) {
+	keyHash := "sha256:" + fmt.Sprintf("%x", sha256.Sum256([]byte("k-0123456789abcdef")))
+	_, gw := gatewayNode(t, []*config.GatewayRoute{{Path: "/x", Service: "orders", GatewayMiddleware: config.GatewayMiddleware{
+		Auth:      &config.GatewayAuth{APIKey: &config.APIKeyAuth{Keys: map[string]string{"ops": keyHash}}},
+		RateLimit: &config.GatewayRateLimit{RPS: 0.001, Burst: 2},
+	}}})
+	var codes []int
+	for _, key := range []string{"guess-1", "guess-2", "k-0123456789abcdef"} {
+		code, _, _, _ := get(t, "GET", gw+"/x", map[string]string{"X-Api-Key": key}, "")
+		codes = append(codes, code)
+	}
+	if fmt.Sprint(codes) != "[401 401 429]" {
+		t.Errorf("codes = %v, want two failed guesses then 429 even with the right key", codes)
+	}
+}
