@@ -1,7 +1,8 @@
 package docs_test
 
 // TestDocs runs the examples of docs/messaging.md, docs/mesh.md,
-// docs/eventsourcing.md, docs/cqrs.md and of the tour in README.md against a real node,
+// docs/eventsourcing.md, docs/cqrs.md, docs/gateway.md and of the tour in
+// README.md against a real node,
 // so the documentation cannot drift from what Junction does.
 //
 // The conventions the documents follow:
@@ -98,6 +99,7 @@ func TestDocs(t *testing.T) {
 		{"mesh.md", ""},
 		{"eventsourcing.md", ""},
 		{"cqrs.md", ""},
+		{"gateway.md", ""},
 		{"../README.md", "tour"},
 	}
 	for _, d := range docs {

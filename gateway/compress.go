@@ -214,9 +214,15 @@ func (g *gzipWriter) flushBuf() error {
 	return err
 }
 
-// Flush sends what has been written. A response flushed before the choice
-// is made is a stream: it passes through uncompressed.
+// Flush sends what has been written. An event stream flushed before the
+// choice is made passes through uncompressed, at once. Other flushes
+// before the choice wait for it: a reverse proxy flushes every chunk of a
+// chunked answer as it arrives, and honouring those would leave every
+// such answer uncompressed.
 func (g *gzipWriter) Flush() {
+	if !g.decided && g.eligible() && !strings.HasPrefix(g.Header().Get("Content-Type"), "text/event-stream") {
+		return
+	}
 	if !g.decided {
 		if g.code == 0 {
 			g.WriteHeader(http.StatusOK)

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -189,6 +190,29 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r = r.WithContext(context.WithValue(r.Context(), paramsKey{}, ps))
 		}
 		rt.handler.ServeHTTP(w, r)
+		return
+	}
+	// A path some route serves, for other methods, is 405 with Allow.
+	var allow []string
+	for _, rt := range t.routes {
+		if len(rt.methods) == 0 || !hostMatches(rt.cfg.Host, r.Host) {
+			continue
+		}
+		if _, ok := rt.pattern.match(r.URL.EscapedPath()); ok {
+			for _, m := range rt.methods {
+				if !slices.Contains(allow, m) {
+					allow = append(allow, m)
+				}
+			}
+		}
+	}
+	if len(allow) > 0 {
+		if slices.Contains(allow, http.MethodGet) && !slices.Contains(allow, http.MethodHead) {
+			allow = append(allow, http.MethodHead)
+		}
+		sort.Strings(allow)
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		problem.Write(w, r, problem.New(problem.CodeMethodNotAllowed, "%s is not allowed on %s", r.Method, r.URL.Path))
 		return
 	}
 	problem.Write(w, r, problem.New(problem.CodeRouteNotFound, "no gateway route for %s %s", r.Method, r.URL.Path))

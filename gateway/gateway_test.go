@@ -262,3 +262,19 @@ func TestMiddlewareThroughNode(t *testing.T) {
 		t.Errorf("global limit of 3: %v", codes)
 	}
 }
+
+// A path served for other methods answers 405 with Allow; GET routes
+// answer HEAD.
+func TestMethodNotAllowedAndHead(t *testing.T) {
+	_, gw := gatewayNode(t, []*config.GatewayRoute{
+		{Path: "/items/{id}", Methods: []string{"GET"}, Static: &config.GatewayStatic{Body: "item"}},
+		{Path: "/items/{id}", Methods: []string{"DELETE"}, Static: &config.GatewayStatic{Status: 204}},
+	})
+	code, h, m, _ := get(t, "POST", gw+"/items/1", nil, "")
+	if code != 405 || h.Get("Allow") != "DELETE, GET, HEAD" || m["code"] != "method_not_allowed" {
+		t.Errorf("POST: %d %v %v", code, h.Get("Allow"), m)
+	}
+	if code, _, _, body := get(t, "HEAD", gw+"/items/1", nil, ""); code != 200 || body != "" {
+		t.Errorf("HEAD: %d %q", code, body)
+	}
+}

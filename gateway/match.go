@@ -144,6 +144,13 @@ func moreSpecific(a, b *route) bool {
 	return a.order < b.order
 }
 
+// allows reports whether the route serves method; a route for GET also
+// answers HEAD, as HTTP wants.
+func (rt *route) allows(method string) bool {
+	return len(rt.methods) == 0 || slices.Contains(rt.methods, method) ||
+		method == http.MethodHead && slices.Contains(rt.methods, http.MethodGet)
+}
+
 // hostMatches compares a route's host (exact, or *.domain for any
 // subdomain) with the request's, without its port.
 func hostMatches(want, host string) bool {
@@ -168,7 +175,7 @@ func (rt *route) matches(r *http.Request) (map[string]string, bool) {
 		// route that will serve that method, whose CORS answers it.
 		method = r.Header.Get("Access-Control-Request-Method")
 	}
-	if len(rt.methods) > 0 && !slices.Contains(rt.methods, method) {
+	if !rt.allows(method) {
 		return nil, false
 	}
 	if !hostMatches(rt.cfg.Host, r.Host) {

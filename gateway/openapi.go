@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"iter"
 	"net/http"
 	"net/url"
 	"os"
@@ -282,6 +283,7 @@ func leafMessage(err error) string {
 func document(routes []*route, specs map[*route]*spec) map[string]any {
 	paths := map[string]any{}
 	schemas := map[string]any{}
+	schemes := map[string]any{"bearer": map[string]any{"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
 	for _, rt := range routes {
 		c := rt.cfg
 		path := strings.ReplaceAll(c.Path, "...}", "}")
@@ -321,7 +323,7 @@ func document(routes []*route, specs map[*route]*spec) map[string]any {
 				op = map[string]any{"responses": responses(c)}
 			}
 			op["summary"] = c.Name
-			op["operationId"] = operationID(m, c.Name)
+			op["operationId"] = operationID(m, path)
 			if ps := pathParams(c.Path); len(ps) > 0 {
 				if _, has := op["parameters"]; !has {
 					op["parameters"] = ps
@@ -329,8 +331,11 @@ func document(routes []*route, specs map[*route]*spec) map[string]any {
 			}
 			if a := rt.auth; a != nil && !a.None {
 				var sec []any
-				if a.APIKey != nil {
-					sec = append(sec, map[string]any{"apiKey": []any{}})
+				if k := a.APIKey; k != nil {
+					for name, scheme := range apiKeySchemes(k) {
+						schemes[name] = scheme
+						sec = append(sec, map[string]any{name: []any{}})
+					}
 				}
 				if a.JWT != nil {
 					sec = append(sec, map[string]any{"bearer": []any{}})
@@ -345,11 +350,8 @@ func document(routes []*route, specs map[*route]*spec) map[string]any {
 		"info":    map[string]any{"title": "Junction gateway", "version": "1"},
 		"paths":   paths,
 		"components": map[string]any{
-			"schemas": schemas,
-			"securitySchemes": map[string]any{
-				"apiKey": map[string]any{"type": "apiKey", "in": "header", "name": "X-Api-Key"},
-				"bearer": map[string]any{"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-			},
+			"schemas":         schemas,
+			"securitySchemes": schemes,
 		},
 	}
 	return doc
@@ -363,14 +365,21 @@ func copyMap(m map[string]any) map[string]any {
 	return out
 }
 
-func operationID(method, name string) string {
+func operationID(method, path string) string {
 	var b strings.Builder
 	b.WriteString(strings.ToLower(method))
-	for _, r := range name {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
-			b.WriteRune(r)
-		} else {
-			b.WriteByte('_')
+	for _, seg := range strings.Split(path, "/") {
+		seg = strings.Trim(seg, "{}")
+		if seg == "" {
+			continue
+		}
+		b.WriteByte('_')
+		for _, r := range seg {
+			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+				b.WriteRune(r)
+			} else {
+				b.WriteByte('_')
+			}
 		}
 	}
 	return b.String()
@@ -397,4 +406,25 @@ func responses(c *config.GatewayRoute) map[string]any {
 		return map[string]any{strconv.Itoa(c.Redirect.Status): d(c.Redirect.Status)}
 	}
 	return map[string]any{"default": map[string]any{"description": "the backend's answer"}}
+}
+
+// apiKeySchemes are the OpenAPI security schemes of an API key setting,
+// one per place the key is read (a scheme names one place): its header,
+// and its query parameter when one is configured. Either one is enough.
+func apiKeySchemes(k *config.APIKeyAuth) iter.Seq2[string, map[string]any] {
+	return func(yield func(string, map[string]any) bool) {
+		h := k.Header
+		name := "apiKey"
+		if h == "" || http.CanonicalHeaderKey(h) == "X-Api-Key" {
+			h = "X-Api-Key"
+		} else {
+			name = "apiKey_" + h
+		}
+		if !yield(name, map[string]any{"type": "apiKey", "in": "header", "name": h}) {
+			return
+		}
+		if k.Query != "" {
+			yield("apiKeyQuery_"+k.Query, map[string]any{"type": "apiKey", "in": "query", "name": k.Query})
+		}
+	}
 }

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"fmt"
 	"io"
@@ -188,5 +189,40 @@ func TestWebSocketSurvivesReload(t *testing.T) {
 	echo("after the reload")
 	if code, _, _ := testutil.Do(t, "GET", "http://"+gw+"/ws", nil, ""); code != 404 {
 		t.Errorf("a new request to the removed route: %d, want 404", code)
+	}
+}
+
+// A chunked answer from a service (no Content-Length, flushed by the
+// proxy chunk by chunk) is still compressed for a client that accepts it.
+func TestGzipChunkedUpstream(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		for i := 0; i < 30; i++ {
+			fmt.Fprintf(w, `{"line":%d,"text":"%s"}`+"\n", i, strings.Repeat("x", 80))
+			http.NewResponseController(w).Flush()
+		}
+	}))
+	defer app.Close()
+	cfg := testutil.Config(t, testutil.Embedded)
+	cfg.Gateway = config.Gateway{Listen: "127.0.0.1:0", Routes: []*config.GatewayRoute{
+		{Path: "/{rest...}", URL: []string{app.URL}, GatewayMiddleware: config.GatewayMiddleware{Gzip: ptr(true)}}}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	n := testutil.Start(t, cfg)
+	req, _ := http.NewRequest("GET", "http://"+n.Node.GatewayAddr()+"/lines", nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := (&http.Transport{DisableCompression: true}).RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	zr, err := gzip.NewReader(resp.Body)
+	if resp.Header.Get("Content-Encoding") != "gzip" || err != nil {
+		t.Fatalf("not compressed: %v %v", resp.Header, err)
+	}
+	b, _ := io.ReadAll(zr)
+	if strings.Count(string(b), "\n") != 30 {
+		t.Errorf("decompressed %d lines", strings.Count(string(b), "\n"))
 	}
 }
