@@ -167,6 +167,10 @@ func (h *headerWriter) apply() {
 	h.wrote = true
 	for _, k := range h.rw.Remove {
 		h.Header().Del(k)
+		if http.CanonicalHeaderKey(k) == "Content-Type" {
+			// A nil value keeps net/http from sniffing one back in.
+			h.Header()["Content-Type"] = nil
+		}
 	}
 	for k, v := range h.rw.Set {
 		h.Header().Set(k, v)

@@ -290,7 +290,7 @@ func (g *Gateway) serviceProxy(c *config.GatewayRoute, svc string) http.Handler 
 			pr.SetXForwarded()
 		},
 		Transport:     g.o.Services,
-		FlushInterval: -1, // pass streams (server-sent events) through at once
+		FlushInterval: 0, // streams (event streams, unknown lengths) are flushed at once anyway
 		ErrorLog:      slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			switch ctxErr := r.Context().Err(); {
