@@ -101,7 +101,7 @@ func unauthorized(w http.ResponseWriter, r *http.Request, invalidToken bool, det
 		ch += `, error="invalid_token"`
 	}
 	w.Header().Set("WWW-Authenticate", ch)
-	writeProblem(w, r, problem.New(problem.CodeUnauthorized, "%s", detail))
+	problem.Write(w, r, problem.New(problem.CodeUnauthorized, "%s", detail))
 }
 
 // apiKeyAuth accepts requests that carry one of its keys.
@@ -231,7 +231,7 @@ func (a *jwtAuth) serve(next http.Handler, w http.ResponseWriter, r *http.Reques
 	if a.require != nil {
 		ok, err := a.require.EvalBool(map[string]any{"request": requestVars(r, params(r))})
 		if err != nil || !ok {
-			writeProblem(w, r, problem.New(problem.CodeForbidden, "the token does not grant access to this route"))
+			problem.Write(w, r, problem.New(problem.CodeForbidden, "the token does not grant access to this route"))
 			return
 		}
 	}

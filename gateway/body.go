@@ -3,12 +3,9 @@ package gateway
 import (
 	"io"
 	"net/http"
-	"net/url"
 
 	"github.com/junctionhq/junction/internal/problem"
 )
-
-var pathUnescape = url.PathUnescape
 
 // readBody reads at most limit bytes of r's body; a larger one is 413.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
@@ -18,8 +15,6 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	}
 	return b, nil
 }
-
-func writeProblem(w http.ResponseWriter, r *http.Request, err error) { problem.Write(w, r, err) }
 
 func tooLarge(limit int64) error {
 	return problem.New(problem.CodeTooLarge, "request body exceeds the limit of %d bytes", limit)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/httpserver"
+	"github.com/junctionhq/junction/internal/problem"
 	"github.com/junctionhq/junction/observe"
 )
 
@@ -108,7 +109,7 @@ func maxBody(limit int64) middleware {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.ContentLength > limit {
-				writeProblem(w, r, tooLarge(limit))
+				problem.Write(w, r, tooLarge(limit))
 				return
 			}
 			if r.Body != nil && r.Body != http.NoBody {

@@ -64,7 +64,7 @@ func newCORS(cfg *config.GatewayCORS) middleware {
 			}
 			if !allowed {
 				if preflight {
-					writeProblem(w, r, problem.New(problem.CodeForbidden, "origin %q is not allowed", origin))
+					problem.Write(w, r, problem.New(problem.CodeForbidden, "origin %q is not allowed", origin))
 					return
 				}
 				next.ServeHTTP(w, r)

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -320,7 +321,7 @@ func (g *Gateway) serviceProxy(c *config.GatewayRoute, svc string) http.Handler 
 func unescape(p string) string {
 	parts := strings.Split(p, "/")
 	for i, s := range parts {
-		if u, err := pathUnescape(s); err == nil {
+		if u, err := url.PathUnescape(s); err == nil {
 			parts[i] = u
 		}
 	}

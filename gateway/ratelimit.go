@@ -188,7 +188,7 @@ func (rl *rateLimiter) middleware(next http.Handler) http.Handler {
 		if !ok {
 			p := problem.New(problem.CodeTooManyRequests, "rate limit of %g requests per second exceeded", rl.rps)
 			p.RetryAfter = time.Duration(max(1, ceilSeconds(wait))) * time.Second
-			writeProblem(w, r, p)
+			problem.Write(w, r, p)
 			return
 		}
 		next.ServeHTTP(w, r)
