@@ -2,8 +2,8 @@
 # Measures the API gateway in one run: four paths to the same trivial
 # HTTP backend (nullhttp answering GET with 200 and 5 bytes), each at a
 # fixed rate (open loop) and at maximum throughput (closed loop), with
-# gwload (bench/gateway/gwload, meshload's client plus request headers)
-# as the client on loopback:
+# meshload (bench/cmd/meshload, the mesh benchmark's client, which sends
+# the token as a request header) as the client on loopback:
 #   direct  client -> backend
 #   plain   client -> `junction serve` gateway, one url: route, no
 #           middleware, access_log false -> backend
@@ -99,7 +99,7 @@ ready() {
 	if [[ -n "${3:-}" ]]; then
 		h=(-header "$3")
 	fi
-	if ! "$BIN/gwload" wait -url "$1" -contains "${2:-}" "${h[@]}" -timeout 60s; then
+	if ! "$BIN/meshload" wait -url "$1" -contains "${2:-}" "${h[@]}" -timeout 60s; then
 		for f in "$WORK"/*.log; do
 			echo "--- $f" >&2
 			tail -n 20 "$f" >&2
@@ -122,13 +122,12 @@ fi
 log "code: commit $commit"
 log "results: $RESULTS"
 
-go build -o "$BIN/gwload" ./bench/gateway/gwload
-for c in nullhttp busnode; do
+for c in meshload nullhttp busnode; do
 	go build -o "$BIN/$c" "./bench/cmd/$c"
 done
 go build -o "$BIN/junction" ./cmd/junction
 
-read -r P_BACKEND P_NGINX P_PAPI P_PGW P_FAPI P_FGW P_PROF_API P_PROF_GW <<<"$("$BIN/gwload" ports 8)"
+read -r P_BACKEND P_NGINX P_PAPI P_PGW P_FAPI P_FGW P_PROF_API P_PROF_GW <<<"$("$BIN/meshload" ports 8)"
 BACKEND=http://127.0.0.1:$P_BACKEND
 NGINX_URL=http://127.0.0.1:$P_NGINX
 PLAIN=http://127.0.0.1:$P_PGW
@@ -136,7 +135,7 @@ FULL=http://127.0.0.1:$P_FGW
 
 # The JWT secret and one token, minted before the runs (exp ten years on).
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-TOKEN=$("$BIN/gwload" token -secret "$SECRET" -issuer bench -audience api)
+TOKEN=$("$BIN/meshload" token -secret "$SECRET" -issuer bench -audience api)
 AUTH="Authorization: Bearer $TOKEN"
 
 # gwconf NAME LEVEL API_PORT GW_PORT ACCESS_LOG MIDDLEWARE: a node whose
@@ -253,14 +252,14 @@ hdr() { echo "$AUTH"; }
 for round in $(seq "$ROUNDS"); do
 	section "round $round: fixed rate, $RATE req/s for $RATE_DURATION after $RATE_WARMUP"
 	for p in $PATHS; do
-		run "$BIN/gwload" run -name "$p" -round "$round" -url "$(url_of "$p")" -header "$(hdr)" -rate "$RATE" \
+		run "$BIN/meshload" run -name "$p" -round "$round" -url "$(url_of "$p")" -header "$(hdr)" -rate "$RATE" \
 			-duration "$RATE_DURATION" -warmup "$RATE_WARMUP" -pids "$(pids_of "$p")" \
 			-out "$RESULTS/run-$round-rate-$p.json"
 	done
 	for conns in $MAX_CONNS; do
 		section "round $round: maximum throughput, $conns connections for $MAX_DURATION after $MAX_WARMUP"
 		for p in $PATHS; do
-			run "$BIN/gwload" run -name "$p" -round "$round" -url "$(url_of "$p")" -header "$(hdr)" -conns "$conns" \
+			run "$BIN/meshload" run -name "$p" -round "$round" -url "$(url_of "$p")" -header "$(hdr)" -conns "$conns" \
 				-duration "$MAX_DURATION" -warmup "$MAX_WARMUP" -pids "$(pids_of "$p")" \
 				-out "$RESULTS/run-$round-max$conns-$p.json"
 		done
@@ -280,7 +279,7 @@ if [[ "$PROFILE" == 1 ]]; then
 		pid_var="prof_${cfg}_PID"
 		ready "http://127.0.0.1:$P_PROF_GW/" hello "$AUTH"
 		# Not written as run-*.json: a profiled run is not a figure.
-		run "$BIN/gwload" run -name "$cfg-profiled" -url "http://127.0.0.1:$P_PROF_GW/hello" -header "$(hdr)" -conns 32 \
+		run "$BIN/meshload" run -name "$cfg-profiled" -url "http://127.0.0.1:$P_PROF_GW/hello" -header "$(hdr)" -conns 32 \
 			-duration 15s -warmup 1s -pids "busnode=${!pid_var},backend=$backend_PID"
 		kill -TERM "${!pid_var}"
 		wait "${!pid_var}" || true
@@ -291,4 +290,4 @@ if [[ "$PROFILE" == 1 ]]; then
 fi
 
 section "figures"
-"$BIN/gwload" report -dir "$RESULTS" -json "$RESULTS/summary.json" | tee "$RESULTS/table.md" | tee -a "$RAW"
+"$BIN/meshload" report -targets gateway -dir "$RESULTS" -json "$RESULTS/summary.json" | tee "$RESULTS/table.md" | tee -a "$RAW"

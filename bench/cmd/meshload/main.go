@@ -1,12 +1,17 @@
-// Command meshload is the load driver of bench/run-mesh.sh: it sends GET
-// requests to one URL over loopback and measures latency and throughput.
+// Command meshload is the load driver of bench/run-mesh.sh and
+// bench/run-gateway.sh: it sends GET requests to one URL over loopback and
+// measures latency and throughput.
 //
-//	meshload run    -name N -url U -rate R ...  fixed rate (open loop)
-//	meshload run    -name N -url U -conns C ... maximum throughput (closed loop)
-//	meshload report -dir D                      the table of every run in D
-//	meshload wait   -url U [-contains S]        poll until U answers 200
-//	meshload ports  N                           print N free loopback ports
-//	meshload proxy  -listen A -target U         a bare reverse proxy (reference)
+//	meshload run    -name N -url U -rate R [-header K:V] ...   fixed rate (open loop)
+//	meshload run    -name N -url U -conns C [-header K:V] ...  maximum throughput (closed loop)
+//	meshload report -dir D [-targets mesh|gateway]             the table of every run in D
+//	meshload wait   -url U [-contains S] [-header K:V]         poll until U answers 200
+//	meshload ports  N                                          print N free loopback ports
+//	meshload proxy  -listen A -target U                        a bare reverse proxy (reference)
+//	meshload token  -secret S -issuer I -audience A            print an HS256 JWT
+//
+// Both benchmarks measure every path with this one client, headers or
+// not, so the client's own cost is the same on every path they compare.
 //
 // At a fixed rate the requests are sent on a schedule that does not
 // depend on the responses (open loop), and each latency is measured from
@@ -59,6 +64,8 @@ func main() {
 		err = portsCmd(os.Args[2:])
 	case "proxy":
 		err = proxyCmd(os.Args[2:])
+	case "token":
+		err = tokenCmd(os.Args[2:])
 	default:
 		usage()
 	}
@@ -69,7 +76,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: meshload run|report|wait|ports|proxy [flags] (meshload CMD -h for the flags)")
+	fmt.Fprintln(os.Stderr, "usage: meshload run|report|wait|ports|proxy|token [flags] (meshload CMD -h for the flags)")
 	os.Exit(2)
 }
 
@@ -134,6 +141,7 @@ type runOpts struct {
 	conns, status        int
 	duration, warmup     time.Duration
 	timeout, spin        time.Duration
+	headers              headerFlag
 }
 
 func runCmd(args []string) error {
@@ -151,6 +159,7 @@ func runCmd(args []string) error {
 	fs.IntVar(&o.status, "status", http.StatusOK, "expected status; any other is an error")
 	fs.StringVar(&o.pids, "pids", "", "processes whose CPU to report, as name=pid,name=pid")
 	fs.StringVar(&o.out, "out", "", "write the JSON result to this file")
+	fs.Var(&o.headers, "header", "request header as Name: value (repeatable)")
 	_ = fs.Parse(args)
 	if o.url == "" || o.duration <= 0 || o.warmup < 0 || o.rate < 0 {
 		fs.Usage()
@@ -255,11 +264,14 @@ func newClient(conns int, timeout time.Duration) *http.Client {
 	return &http.Client{Transport: tr, Timeout: timeout}
 }
 
-// get sends one request and reads the whole answer.
-func get(ctx context.Context, c *http.Client, url string, status int) error {
+// get sends one request with the headers h and reads the whole answer.
+func get(ctx context.Context, c *http.Client, url string, status int, h http.Header) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
+	}
+	for k, vs := range h {
+		req.Header[k] = vs
 	}
 	resp, err := c.Do(req)
 	if err != nil {
@@ -282,7 +294,7 @@ func run(o runOpts, procs []proc) (Result, error) {
 	// One request before the clock starts: a path that does not work at
 	// all fails here, with its error, instead of as a run of errors.
 	ctx0, cancel0 := context.WithTimeout(context.Background(), o.timeout)
-	err := get(ctx0, client, o.url, o.status)
+	err := get(ctx0, client, o.url, o.status, o.headers.h)
 	cancel0()
 	if err != nil {
 		return Result{}, fmt.Errorf("%s: first request: %w", o.url, err)
@@ -389,7 +401,7 @@ func openLoop(ctx context.Context, c *http.Client, o runOpts, ws []*worker, star
 					}
 					continue
 				}
-				err := get(ctx, c, o.url, o.status)
+				err := get(ctx, c, o.url, o.status, o.headers.h)
 				done := time.Now()
 				if !measured {
 					continue
@@ -446,7 +458,7 @@ func closedLoop(ctx context.Context, c *http.Client, o runOpts, ws []*worker, me
 				if !t0.Before(end) {
 					return
 				}
-				err := get(ctx, c, o.url, o.status)
+				err := get(ctx, c, o.url, o.status, o.headers.h)
 				el := time.Since(t0)
 				if t0.Before(measureFrom) {
 					continue
@@ -538,6 +550,8 @@ func waitCmd(args []string) error {
 	url := fs.String("url", "", "URL to GET")
 	contains := fs.String("contains", "", "the body must hold this string")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long")
+	var headers headerFlag
+	fs.Var(&headers, "header", "request header as Name: value (repeatable)")
 	_ = fs.Parse(args)
 	if *url == "" {
 		fs.Usage()
@@ -547,7 +561,14 @@ func waitCmd(args []string) error {
 	deadline := time.Now().Add(*timeout)
 	var last string
 	for {
-		resp, err := c.Get(*url)
+		req, err := http.NewRequest(http.MethodGet, *url, nil)
+		if err != nil {
+			return err
+		}
+		for k, vs := range headers.h {
+			req.Header[k] = vs
+		}
+		resp, err := c.Do(req)
 		if err == nil {
 			b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 			resp.Body.Close()

@@ -11,46 +11,143 @@ import (
 	"strings"
 )
 
-// Targets of the service mesh (docs/PERFORMANCE.md, "Service mesh").
-const (
-	targetAddedP50ms = 0.3
-	targetAddedP99ms = 1.0
-	targetRatio      = 0.6
-)
-
-// targetPaths are the paths through /v1/invoke, which the targets apply to.
-var targetPaths = map[string]bool{"invoke": true, "sidecar": true}
-
-// pathLabels describe the paths that bench/run-mesh.sh measures.
-var pathLabels = map[string]string{
-	"direct":  "(a) client → backend",
-	"proxy":   "reference: client → bare httputil.ReverseProxy → backend",
-	"invoke":  "(b) client → node A /v1/invoke → backend",
-	"sidecar": "(c) client → node C /v1/invoke → mTLS → sidecar S → backend",
+// benchmark is what the report knows of the paths of one script: how
+// they are labelled and ordered, and which targets they are held to. The
+// measurements are the same for every script.
+type benchmark struct {
+	// labels describe the paths, in the tables' order.
+	labels []pathLabel
+	// targets picks the targets out of the rows; groups has every run by
+	// mode, load and path, for targets that pair two paths by round.
+	targets func(rows []Row, groups map[runKey][]Result) []Target
+	// pathColumn heads the targets table's column of paths.
+	pathColumn string
 }
 
-func label(name string) string {
-	if l, ok := pathLabels[name]; ok {
-		return l
+type pathLabel struct{ path, label string }
+
+// runKey is one path under one load: the runs of it, one per round, make
+// one row.
+type runKey struct{ mode, load, path string }
+
+var benchmarks = map[string]benchmark{
+	// bench/run-mesh.sh (docs/PERFORMANCE.md, "Service mesh").
+	"mesh": {
+		labels: []pathLabel{
+			{"direct", "(a) client → backend"},
+			{"proxy", "reference: client → bare httputil.ReverseProxy → backend"},
+			{"invoke", "(b) client → node A /v1/invoke → backend"},
+			{"sidecar", "(c) client → node C /v1/invoke → mTLS → sidecar S → backend"},
+		},
+		targets:    meshTargets,
+		pathColumn: "path",
+	},
+	// bench/run-gateway.sh (docs/PERFORMANCE.md, "API gateway").
+	"gateway": {
+		labels: []pathLabel{
+			{"direct", "direct: client → backend"},
+			{"plain", "gateway plain: client → junction gateway → backend"},
+			{"full", "gateway full: + JWT, rate limit, access log"},
+			{"nginx", "nginx: client → nginx → backend"},
+		},
+		targets:    gatewayTargets,
+		pathColumn: "paths (ratio of req/s)",
+	},
+}
+
+func (b benchmark) label(name string) string {
+	for _, l := range b.labels {
+		if l.path == name {
+			return l.label
+		}
 	}
 	return name
 }
 
-func pathOrder(a, b string) int {
+// pathOrder puts the known paths in their order, then any other by name.
+func (b benchmark) pathOrder(x, y string) int {
 	rank := func(n string) int {
-		switch n {
-		case "direct":
-			return 0
-		case "proxy":
-			return 1
-		case "invoke":
-			return 2
-		case "sidecar":
-			return 3
+		for i, l := range b.labels {
+			if l.path == n {
+				return i
+			}
 		}
-		return 4
+		return len(b.labels)
 	}
-	return cmp.Or(cmp.Compare(rank(a), rank(b)), strings.Compare(a, b))
+	return cmp.Or(cmp.Compare(rank(x), rank(y)), strings.Compare(x, y))
+}
+
+// Targets of the service mesh.
+const (
+	meshAddedP50ms = 0.3
+	meshAddedP99ms = 1.0
+	meshRatio      = 0.6
+)
+
+// meshTargetPaths are the paths through /v1/invoke, which the mesh's
+// targets apply to.
+var meshTargetPaths = map[string]bool{"invoke": true, "sidecar": true}
+
+// meshTargets holds each path through /v1/invoke to its added latency at
+// the fixed rate and its throughput against the baseline at maximum.
+func meshTargets(rows []Row, _ map[runKey][]Result) []Target {
+	var ts []Target
+	for _, row := range rows {
+		switch {
+		case !meshTargetPaths[row.Path]:
+		case row.Mode == "rate" && row.AddedP50ms != nil:
+			ts = append(ts,
+				Target{Target: fmt.Sprintf("added p50 ≤ %.1f ms", meshAddedP50ms), Path: row.Path, Load: row.Load,
+					Measured: *row.AddedP50ms, Limit: meshAddedP50ms, Met: *row.AddedP50ms <= meshAddedP50ms},
+				Target{Target: fmt.Sprintf("added p99 ≤ %.0f ms", meshAddedP99ms), Path: row.Path, Load: row.Load,
+					Measured: *row.AddedP99ms, Limit: meshAddedP99ms, Met: *row.AddedP99ms <= meshAddedP99ms})
+		case row.Mode == "max" && row.Ratio != nil:
+			ts = append(ts, Target{Target: fmt.Sprintf("throughput ≥ %.1fx direct", meshRatio), Path: row.Path, Load: row.Load,
+				Measured: *row.Ratio, Limit: meshRatio, Met: *row.Ratio >= meshRatio})
+		}
+	}
+	return ts
+}
+
+// Targets of the gateway, all at maximum throughput, each a ratio of two
+// paths' rates paired by round: not every one is against the baseline.
+var gatewayRatios = []struct {
+	name     string
+	num, den string
+	limit    float64
+}{
+	{"plain gateway ≥ 0.6x direct", "plain", "direct", 0.6},
+	{"plain gateway ≥ 1.0x nginx", "plain", "nginx", 1.0},
+	{"full chain ≥ 0.75x plain gateway", "full", "plain", 0.75},
+}
+
+func gatewayTargets(rows []Row, groups map[runKey][]Result) []Target {
+	var ts []Target
+	for _, row := range rows {
+		if row.Mode != "max" || row.Path != "direct" {
+			continue
+		}
+		for _, t := range gatewayRatios {
+			num, den := groups[runKey{row.Mode, row.Load, t.num}], groups[runKey{row.Mode, row.Load, t.den}]
+			byRound := map[int]Result{}
+			for _, d := range den {
+				byRound[d.Round] = d
+			}
+			var ratio []float64
+			for _, r := range num {
+				if d, ok := byRound[r.Round]; ok && d.RPS > 0 {
+					ratio = append(ratio, r.RPS/d.RPS)
+				}
+			}
+			if len(ratio) == 0 {
+				continue
+			}
+			m := median(ratio)
+			ts = append(ts, Target{Target: t.name, Path: t.num + "/" + t.den, Load: row.Load,
+				Measured: m, Limit: t.limit, Met: m >= t.limit})
+		}
+	}
+	return ts
 }
 
 // Row is one path under one load, the median of its rounds.
@@ -101,8 +198,10 @@ func reportCmd(args []string) error {
 	dir := fs.String("dir", "", "directory of run-*.json results")
 	baseline := fs.String("baseline", "direct", "the path others are compared with")
 	out := fs.String("json", "", "also write the summary as JSON here")
+	targets := fs.String("targets", "mesh", "whose paths and targets: mesh (bench/run-mesh.sh) or gateway (bench/run-gateway.sh)")
 	_ = fs.Parse(args)
-	if *dir == "" {
+	b, ok := benchmarks[*targets]
+	if *dir == "" || !ok {
 		fs.Usage()
 		os.Exit(2)
 	}
@@ -110,8 +209,8 @@ func reportCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	s := summarize(rs, *baseline)
-	printTables(os.Stdout, s, *baseline)
+	s := b.summarize(rs, *baseline)
+	printTables(os.Stdout, s, *baseline, b.pathColumn)
 	if *out != "" {
 		b, _ := json.MarshalIndent(s, "", "  ")
 		return os.WriteFile(*out, append(b, '\n'), 0o644)
@@ -138,26 +237,30 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
+// summarize is the mesh's summary.
 func summarize(rs []Result, baseline string) Summary {
-	type key struct{ mode, load, path string }
-	groups := map[key][]Result{}
-	var keys []key
+	return benchmarks["mesh"].summarize(rs, baseline)
+}
+
+func (b benchmark) summarize(rs []Result, baseline string) Summary {
+	groups := map[runKey][]Result{}
+	var keys []runKey
 	for _, r := range rs {
-		k := key{r.Mode, loadOf(r), r.Name}
+		k := runKey{r.Mode, loadOf(r), r.Name}
 		if _, ok := groups[k]; !ok {
 			keys = append(keys, k)
 		}
 		groups[k] = append(groups[k], r)
 	}
-	slices.SortFunc(keys, func(a, b key) int {
+	slices.SortFunc(keys, func(x, y runKey) int {
 		// Fixed rate first, then maximum throughput by connections.
-		return cmp.Or(cmp.Compare(b.mode, a.mode), cmp.Compare(len(a.load), len(b.load)),
-			strings.Compare(a.load, b.load), pathOrder(a.path, b.path))
+		return cmp.Or(cmp.Compare(y.mode, x.mode), cmp.Compare(len(x.load), len(y.load)),
+			strings.Compare(x.load, y.load), b.pathOrder(x.path, y.path))
 	})
 	var s Summary
 	for _, k := range keys {
 		g := groups[k]
-		row := Row{Path: k.path, Label: label(k.path), Mode: k.mode, Load: k.load, Rounds: len(g),
+		row := Row{Path: k.path, Label: b.label(k.path), Mode: k.mode, Load: k.load, Rounds: len(g),
 			CPUus: map[string]float64{}, CPUCores: map[string]float64{}}
 		col := func(f func(Result) float64) float64 {
 			var xs []float64
@@ -201,10 +304,10 @@ func summarize(rs []Result, baseline string) Summary {
 			}
 			row.CPUus[n], row.CPUCores[n] = median(us), median(cores)
 		}
-		if base, ok := groups[key{k.mode, k.load, baseline}]; ok && k.path != baseline {
+		if base, ok := groups[runKey{k.mode, k.load, baseline}]; ok && k.path != baseline {
 			byRound := map[int]Result{}
-			for _, b := range base {
-				byRound[b.Round] = b
+			for _, r := range base {
+				byRound[r.Round] = r
 			}
 			var dp50, dp99, ratio []float64
 			for _, r := range g {
@@ -226,21 +329,10 @@ func summarize(rs []Result, baseline string) Summary {
 				x := median(ratio)
 				row.Ratio = &x
 			}
-			switch {
-			case !targetPaths[k.path]:
-			case k.mode == "rate" && row.AddedP50ms != nil:
-				s.Targets = append(s.Targets,
-					Target{Target: fmt.Sprintf("added p50 ≤ %.1f ms", targetAddedP50ms), Path: k.path, Load: k.load,
-						Measured: *row.AddedP50ms, Limit: targetAddedP50ms, Met: *row.AddedP50ms <= targetAddedP50ms},
-					Target{Target: fmt.Sprintf("added p99 ≤ %.0f ms", targetAddedP99ms), Path: k.path, Load: k.load,
-						Measured: *row.AddedP99ms, Limit: targetAddedP99ms, Met: *row.AddedP99ms <= targetAddedP99ms})
-			case k.mode == "max" && row.Ratio != nil:
-				s.Targets = append(s.Targets, Target{Target: fmt.Sprintf("throughput ≥ %.1fx direct", targetRatio), Path: k.path, Load: k.load,
-					Measured: *row.Ratio, Limit: targetRatio, Met: *row.Ratio >= targetRatio})
-			}
 		}
 		s.Rows = append(s.Rows, row)
 	}
+	s.Targets = b.targets(s.Rows, groups)
 	return s
 }
 
@@ -257,9 +349,10 @@ func cpuCell(r Row) string {
 		names = append(names, n)
 	}
 	slices.SortFunc(names, func(a, b string) int {
-		// The driver last: it is not part of the path.
+		// The driver last: it is not part of the path. Gateway results
+		// from before meshload drove that benchmark too name it gwload.
 		last := func(n string) int {
-			if n == "meshload" {
+			if n == "meshload" || n == "gwload" {
 				return 1
 			}
 			return 0
@@ -273,7 +366,7 @@ func cpuCell(r Row) string {
 	return strings.Join(parts, ", ")
 }
 
-func printTables(w io.Writer, s Summary, baseline string) {
+func printTables(w io.Writer, s Summary, baseline, pathColumn string) {
 	rounds := 0
 	for _, r := range s.Rows {
 		rounds = max(rounds, r.Rounds)
@@ -312,7 +405,7 @@ func printTables(w io.Writer, s Summary, baseline string) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Targets:")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| target | path | load | measured | met? |")
+	fmt.Fprintf(w, "| target | %s | load | measured | met? |\n", pathColumn)
 	fmt.Fprintln(w, "|---|---|---|---:|---|")
 	for _, t := range s.Targets {
 		met := "yes"

@@ -49,3 +49,36 @@ func TestSummarizePairsRounds(t *testing.T) {
 		t.Errorf("targets: %+v", s.Targets)
 	}
 }
+
+func TestSummarizeGatewayTargets(t *testing.T) {
+	rs := []Result{
+		{Name: "direct", Round: 1, Mode: "max", Conns: 32, RPS: 1000},
+		{Name: "plain", Round: 1, Mode: "max", Conns: 32, RPS: 700},
+		{Name: "full", Round: 1, Mode: "max", Conns: 32, RPS: 500},
+		{Name: "nginx", Round: 1, Mode: "max", Conns: 32, RPS: 800},
+		{Name: "direct", Round: 2, Mode: "max", Conns: 32, RPS: 1000},
+		{Name: "plain", Round: 2, Mode: "max", Conns: 32, RPS: 600},
+		{Name: "full", Round: 2, Mode: "max", Conns: 32, RPS: 400},
+	}
+	s := benchmarks["gateway"].summarize(rs, "direct")
+	if len(s.Rows) != 4 || s.Rows[1].Path != "plain" || s.Rows[3].Path != "nginx" || s.Rows[1].Label != "gateway plain: client → junction gateway → backend" {
+		t.Fatalf("rows: %+v", s.Rows)
+	}
+	// Each ratio is paired by round, then the median: plain/direct of
+	// 0.7 and 0.6; plain/nginx only in round 1, which has nginx;
+	// full/plain of 5/7 and 2/3.
+	want := []struct {
+		path     string
+		measured float64
+		met      bool
+	}{{"plain/direct", 0.65, true}, {"plain/nginx", 0.875, false}, {"full/plain", (5.0/7 + 2.0/3) / 2, false}}
+	if len(s.Targets) != len(want) {
+		t.Fatalf("targets: %+v", s.Targets)
+	}
+	for i, w := range want {
+		got := s.Targets[i]
+		if got.Path != w.path || math.Abs(got.Measured-w.measured) > 1e-9 || got.Met != w.met {
+			t.Errorf("target %d: %+v, want %+v", i, got, w)
+		}
+	}
+}

@@ -12,7 +12,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// headerFlag collects -header "Name: value" flags.
+// headerFlag collects -header "Name: value" flags: the gateway's JWT
+// check needs the token on every request.
 type headerFlag struct{ h http.Header }
 
 func (f *headerFlag) String() string {
