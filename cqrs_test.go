@@ -2,6 +2,8 @@ package junction_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -96,4 +98,56 @@ func fmtList(xs []string) string {
 		out += x
 	}
 	return out + "]"
+}
+
+// The Go client follows a stream and the global log: the events so far,
+// then new ones as they are appended, until its context ends.
+func TestClientFollow(t *testing.T) {
+	n := testutil.Start(t, testutil.Config(t, testutil.Embedded))
+	c := n.Client
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	appendOne := func(stream, typ string) {
+		if _, err := c.Append(ctx, stream, client.ExpectAny, client.EventData{Type: typ, Data: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendOne("order-1", "OrderPlaced")
+	appendOne("stock-1", "StockReserved")
+	type got struct {
+		mu  sync.Mutex
+		evs []string
+	}
+	var stream, all got
+	fctx, stop := context.WithCancel(ctx)
+	errs := make(chan error, 2)
+	go func() {
+		errs <- c.FollowStream(fctx, "order-1", 0, func(e client.StreamEvent) error {
+			stream.mu.Lock()
+			defer stream.mu.Unlock()
+			stream.evs = append(stream.evs, fmt.Sprintf("%s@%d", e.Type, e.Version))
+			return nil
+		})
+	}()
+	go func() {
+		errs <- c.FollowAll(fctx, client.ReadAllOptions{Categories: []string{"order"}}, func(e client.StreamEvent) error {
+			all.mu.Lock()
+			defer all.mu.Unlock()
+			all.evs = append(all.evs, e.Stream+" "+e.Type)
+			return nil
+		})
+	}()
+	appendOne("order-1", "OrderPaid")
+	appendOne("order-2", "OrderPlaced")
+	count := func(g *got) int { g.mu.Lock(); defer g.mu.Unlock(); return len(g.evs) }
+	testutil.Eventually(t, 10*time.Second, "both follows caught up and live", func() bool { return count(&stream) >= 2 && count(&all) >= 3 })
+	stop()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("follow ended with %v, want nil on cancel", err)
+		}
+	}
+	if fmt.Sprint(stream.evs) != "[OrderPlaced@0 OrderPaid@1]" || fmt.Sprint(all.evs) != "[order-1 OrderPlaced order-1 OrderPaid order-2 OrderPlaced]" {
+		t.Errorf("stream %v, all %v", stream.evs, all.evs)
+	}
 }

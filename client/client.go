@@ -373,7 +373,14 @@ func (c *Client) ReplayDeadLetters(ctx context.Context, name string, max int) (i
 // Tail streams a topic from a position (new, all, seq:N, time:RFC3339),
 // calling fn for each message until ctx ends or fn returns an error.
 func (c *Client) Tail(ctx context.Context, topic, from string, fn func(Message) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/topics/"+esc(topic)+"/tail?from="+url.QueryEscape(from), nil)
+	return sse(ctx, c, "/v1/topics/"+esc(topic)+"/tail?from="+url.QueryEscape(from), "tail", fn)
+}
+
+// sse reads the server-sent events of path, decoding each event's data
+// into a T for fn, until ctx ends (nil), fn fails (its error), or the
+// server ends the stream with an "error" event (an error saying why).
+func sse[T any](ctx context.Context, c *Client, path, what string, fn func(T) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
 	if err != nil {
 		return err
 	}
@@ -400,13 +407,13 @@ func (c *Client) Tail(ctx context.Context, topic, from string, fn func(Message) 
 				if event == "error" {
 					var msg string
 					_ = json.Unmarshal([]byte(data), &msg)
-					return fmt.Errorf("junction: tail ended: %s", msg)
+					return fmt.Errorf("junction: %s ended: %s", what, msg)
 				}
-				var m Message
-				if err := json.Unmarshal([]byte(data), &m); err != nil {
-					return fmt.Errorf("junction: bad tail event: %w", err)
+				var v T
+				if err := json.Unmarshal([]byte(data), &v); err != nil {
+					return fmt.Errorf("junction: bad %s event: %w", what, err)
 				}
-				if err := fn(m); err != nil {
+				if err := fn(v); err != nil {
 					return err
 				}
 			}

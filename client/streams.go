@@ -227,3 +227,30 @@ func encodeQuery(q url.Values) string {
 	}
 	return "?" + q.Encode()
 }
+
+// FollowStream calls fn for the events of stream from version from on,
+// then for each new one as it is appended, until ctx ends (nil is
+// returned), fn fails (its error), or the stream is deleted (an error).
+// A stream that does not exist yet is waited for. To resume after an
+// error, follow again from the last version seen plus one.
+func (c *Client) FollowStream(ctx context.Context, stream string, from uint64, fn func(StreamEvent) error) error {
+	return sse(ctx, c, "/v1/streams/"+esc(stream)+"?follow=true&from="+strconv.FormatUint(from, 10), "follow", fn)
+}
+
+// FollowAll calls fn for the events of the global log selected by o
+// (o.Limit is ignored) from o.FromPosition on, then for each new one, in
+// commit order, until ctx ends (nil) or fn fails (its error). To resume,
+// follow again from the last position seen plus one.
+func (c *Client) FollowAll(ctx context.Context, o ReadAllOptions, fn func(StreamEvent) error) error {
+	q := url.Values{"follow": {"true"}}
+	if o.FromPosition != 0 {
+		q.Set("from_position", strconv.FormatUint(o.FromPosition, 10))
+	}
+	if len(o.Categories) > 0 {
+		q.Set("category", strings.Join(o.Categories, ","))
+	}
+	if len(o.Types) > 0 {
+		q.Set("types", strings.Join(o.Types, ","))
+	}
+	return sse(ctx, c, "/v1/events"+encodeQuery(q), "follow", fn)
+}

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -67,18 +70,25 @@ func appendCmd(stdin io.Reader, stdout io.Writer) *cobra.Command {
 func readCmd(stdout io.Writer) *cobra.Command {
 	var api apiFlags
 	var o client.ReadStreamOptions
+	var follow bool
 	c := &cobra.Command{
 		Use:   "read STREAM",
 		Short: "Print a stream's events, one JSON object per line",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			enc := json.NewEncoder(stdout)
+			if follow {
+				// Until interrupted: the events so far, then each new one.
+				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+				defer stop()
+				return api.client().FollowStream(ctx, args[0], o.From, func(e client.StreamEvent) error { return enc.Encode(e) })
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
 			es, err := api.client().ReadStream(ctx, args[0], o)
 			if err != nil {
 				return err
 			}
-			enc := json.NewEncoder(stdout)
 			for _, e := range es {
 				if err := enc.Encode(e); err != nil {
 					return err
@@ -92,5 +102,6 @@ func readCmd(stdout io.Writer) *cobra.Command {
 	f.Uint64Var(&o.From, "from", 0, "first version to read (default: 0, or the last event with --backward)")
 	f.IntVarP(&o.Limit, "limit", "n", 0, "most events to print (default 100, at most 10000)")
 	f.BoolVar(&o.Backward, "backward", false, "read from the newest event down")
+	f.BoolVar(&follow, "follow", false, "after the events so far, print each new one as it is appended, until interrupted")
 	return c
 }
