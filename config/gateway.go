@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 
@@ -22,6 +23,10 @@ type Gateway struct {
 	// OpenAPIPath is where the gateway serves the OpenAPI 3.1 document of
 	// its routes ("off": nowhere).
 	OpenAPIPath string `yaml:"openapi_path"`
+	// TrustedProxies are the addresses (IPs or CIDRs) of proxies in front
+	// of the gateway whose X-Forwarded-For is believed: the client is the
+	// nearest address in it that is not one of them.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Defaults is the middleware of every route, unless the route sets
 	// its own of a kind.
 	Defaults GatewayMiddleware `yaml:"defaults"`
@@ -333,6 +338,11 @@ func (c *Config) validateGateway() []issue {
 			is = append(is, issue{Issue: Issue{"gateway.listen", fmt.Sprintf("gateway.listen must be host:port, got %q", g.Listen)}})
 		}
 	}
+	for i, p := range g.TrustedProxies {
+		if _, err := ParsePrefix(p); err != nil {
+			is = append(is, issue{Issue: Issue{fmt.Sprintf("gateway.trusted_proxies[%d]", i), fmt.Sprintf("want an IP address or CIDR, got %q", p)}})
+		}
+	}
 	if (g.TLS.Cert == "") != (g.TLS.Key == "") {
 		is = append(is, issue{Issue: Issue{"gateway.tls", "gateway.tls needs both cert and key"}})
 	}
@@ -404,4 +414,17 @@ func (r *GatewayRoute) conflicts(o *GatewayRoute) bool {
 		}
 	}
 	return false
+}
+
+// ParsePrefix reads an IP address (a single-address prefix) or a CIDR.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }

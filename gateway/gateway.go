@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"slices"
 	"sort"
@@ -77,6 +78,7 @@ type Gateway struct {
 type table struct {
 	routes   []*route        // most specific first
 	identity map[string]bool // identity headers (folded) removed from every request
+	trusted  []netip.Prefix  // proxies whose X-Forwarded-For is believed
 	docPath  string          // where the OpenAPI document is served ("" nowhere)
 	doc      []byte          // the OpenAPI document of the routes
 }
@@ -107,6 +109,13 @@ func New(o Options, cfg config.Gateway) (*Gateway, error) {
 // the current one keeps serving.
 func (g *Gateway) Reload(cfg config.Gateway) error {
 	t := &table{identity: identityHeaders(cfg)}
+	for _, p := range cfg.TrustedProxies {
+		pfx, err := config.ParsePrefix(p)
+		if err != nil {
+			return fmt.Errorf("trusted_proxies: %w", err)
+		}
+		t.trusted = append(t.trusted, pfx)
+	}
 	for i, rc := range cfg.Routes {
 		rt := &route{cfg: rc, pattern: compilePattern(rc.Path), methods: rc.Methods, order: i}
 		if rc.When != "" {
@@ -177,6 +186,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	stripHeaders(r.Header, t.identity)
+	r = resolveClient(r, t.trusted)
 	if t.docPath != "" && r.URL.Path == t.docPath && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(t.doc)
@@ -286,8 +296,12 @@ func (g *Gateway) serviceProxy(c *config.GatewayRoute, svc string) http.Handler 
 				pr.Out.URL.Path = unescape(p)
 			}
 			pr.Out.Host = ""
-			// X-Forwarded-For names the peer only: the gateway is the
-			// edge, and a client's own X-Forwarded-For is not evidence.
+			// X-Forwarded-For names the peer only, unless the peer is a
+			// trusted proxy whose chain goes on: a client's own
+			// X-Forwarded-For is not evidence.
+			if viaTrustedProxy(pr.In) {
+				pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+			}
 			pr.SetXForwarded()
 		},
 		Transport:     g.o.Services,

@@ -223,6 +223,15 @@ func requestVars(r *http.Request, params map[string]string) map[string]any {
 	}
 	vars := map[string]any{"method": r.Method, "path": r.URL.Path, "host": r.Host, "ip": clientIP(r), "headers": h, "query": q, "params": ps,
 		"claims": map[string]any{}, "key": ""}
+	if c, ok := r.Context().Value(clientKey{}).(*client); ok && c.hasClientCrt {
+		uris := make([]any, len(c.certURIs))
+		for i, u := range c.certURIs {
+			uris[i] = u
+		}
+		vars["client_cert"] = map[string]any{"subject": c.certSubject, "uris": uris}
+	} else {
+		vars["client_cert"] = map[string]any{}
+	}
 	if id := identity(r); id != nil {
 		if id.Claims != nil {
 			vars["claims"] = id.Claims

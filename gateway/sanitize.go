@@ -49,7 +49,7 @@ func badPath(p, why string) error {
 // removed from every incoming request, so a client cannot set them on a
 // route without authentication either.
 func identityHeaders(cfg config.Gateway) map[string]bool {
-	out := map[string]bool{}
+	out := map[string]bool{headerKey(ClientCertSubjectHeader): true, headerKey(ClientCertURIHeader): true}
 	add := func(a *config.GatewayAuth) {
 		if a == nil {
 			return

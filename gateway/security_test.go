@@ -129,3 +129,38 @@ func TestRateLimitBeforeAuth(t *testing.T) {
 		t.Errorf("codes = %v, want two failed guesses then 429 even with the right key", codes)
 	}
 }
+
+// Behind trusted proxies the client is the nearest untrusted address of
+// X-Forwarded-For, and the chain goes on upstream; anyone else's
+// X-Forwarded-For is ignored.
+func TestTrustedProxies(t *testing.T) {
+	echo := headerEcho(t, 0)
+	cfg := testutil.Config(t, testutil.Embedded)
+	cfg.Gateway = config.Gateway{Listen: "127.0.0.1:0", TrustedProxies: []string{"127.0.0.1", "10.0.0.0/8"}, Routes: []*config.GatewayRoute{
+		{Path: "/who", When: `request.ip == "203.0.113.7"`, Static: &config.GatewayStatic{Body: "the client"}},
+		{Path: "/who", Static: &config.GatewayStatic{Body: "someone else"}},
+		{Path: "/echo", URL: []string{echo.URL}},
+	}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	gw := "http://" + testutil.Start(t, cfg).Node.GatewayAddr()
+	for _, tc := range []struct{ xff, want string }{
+		{"203.0.113.7", "the client"},
+		{"203.0.113.7, 10.1.2.3", "the client"},     // through an inner trusted proxy
+		{"198.51.100.1, 203.0.113.7", "the client"}, // the leftmost entry is the client's own claim
+		{"", "someone else"},
+	} {
+		hdr := map[string]string{}
+		if tc.xff != "" {
+			hdr["X-Forwarded-For"] = tc.xff
+		}
+		if _, _, _, body := get(t, "GET", gw+"/who", hdr, ""); body != tc.want {
+			t.Errorf("X-Forwarded-For %q: %q, want %q", tc.xff, body, tc.want)
+		}
+	}
+	_, _, m, _ := get(t, "GET", gw+"/echo", map[string]string{"X-Forwarded-For": "203.0.113.7"}, "")
+	if xff := fmt.Sprint(m["headers"].(map[string]any)["X-Forwarded-For"]); xff != "[203.0.113.7, 127.0.0.1]" {
+		t.Errorf("upstream X-Forwarded-For = %s", xff)
+	}
+}

@@ -7,7 +7,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -59,10 +61,14 @@ func TestTLSTermination(t *testing.T) {
 	_, _, certFile, keyFile := issue(t, dir, "gateway", ca, caKey, false)
 	_, _, clientCert, clientKey := issue(t, dir, "client", ca, caKey, false)
 
+	echo := headerEcho(t, 0)
 	cfg := testutil.Config(t, testutil.Embedded)
 	cfg.Gateway = config.Gateway{Listen: "127.0.0.1:0",
-		TLS:    config.GatewayTLS{Cert: certFile, Key: keyFile, ClientCA: caFile, RequireClientCert: true},
-		Routes: []*config.GatewayRoute{{Path: "/hello", Static: &config.GatewayStatic{Body: "hi"}}}}
+		TLS: config.GatewayTLS{Cert: certFile, Key: keyFile, ClientCA: caFile, RequireClientCert: true},
+		Routes: []*config.GatewayRoute{
+			{Path: "/hello", Static: &config.GatewayStatic{Body: "hi"}},
+			{Path: "/admin", When: `request.client_cert.subject == "CN=client"`, URL: []string{echo.URL}},
+		}}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +90,20 @@ func TestTLSTermination(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || string(b) != "hi" || resp.ProtoMajor != 2 {
 		t.Fatalf("with a client certificate: %d %q over %s", resp.StatusCode, b, resp.Proto)
+	}
+	// The verified certificate's subject reaches CEL and the service; a
+	// client cannot send its own.
+	req, _ := http.NewRequest("GET", "https://"+n.Node.GatewayAddr()+"/admin", nil)
+	req.Header.Set("X-Client-Cert-Subject", "CN=admin")
+	resp, err = withCert.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var echoed struct{ Headers map[string][]string }
+	json.NewDecoder(resp.Body).Decode(&echoed)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || fmt.Sprint(echoed.Headers["X-Client-Cert-Subject"]) != "[CN=client]" {
+		t.Errorf("client certificate subject upstream: %d %v", resp.StatusCode, echoed.Headers)
 	}
 	without := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
 	if resp, err := without.Get(url); err == nil {
