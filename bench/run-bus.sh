@@ -11,6 +11,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 BENCHTIME=${BENCHTIME:-2s}
 COUNT=${COUNT:-3}
 DURATION=${DURATION:-10s}
@@ -32,20 +34,6 @@ cleanup() {
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-log() { echo "$@" | tee -a "$RAW"; }
-run() { "$@" 2>&1 | tee -a "$RAW"; }
-# Each section notes how busy the machine was: the load average and, where
-# the kernel has it, the share of the last 10 s in which some runnable task
-# waited for a CPU (other work on the machine lowers every rate below).
-busy() {
-	local p=""
-	if [[ -r /proc/pressure/cpu ]]; then
-		p=", cpu pressure $(sed -nE 's/^some avg10=([0-9.]+).*/\1/p' /proc/pressure/cpu)%"
-	fi
-	echo "load average $(cut -d' ' -f1-3 /proc/loadavg)$p"
-}
-section() { log; log "== $1 ($(date -u +%H:%M:%S), $(busy))"; }
 
 # wait_line FILE PATTERN: waits up to 30 s for PATTERN in FILE and prints the line.
 wait_line() {

@@ -35,6 +35,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 RATE=${RATE:-1000}
 RATE_DURATION=${RATE_DURATION:-15s}
 RATE_WARMUP=${RATE_WARMUP:-3s}
@@ -60,39 +62,9 @@ RESULTS=$(cd "$RESULTS" && pwd)
 RAW=$RESULTS/output.txt
 : >"$RAW"
 PIDS=()
-cleanup() {
-	local i
-	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-		kill -TERM "${PIDS[i]}" 2>/dev/null || true
-	done
-	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-		wait "${PIDS[i]}" 2>/dev/null || true
-	done
-	rm -rf "$WORK"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log() { echo "$@" | tee -a "$RAW"; }
-run() { "$@" 2>&1 | tee -a "$RAW"; }
-busy() {
-	local p=""
-	if [[ -r /proc/pressure/cpu ]]; then
-		p=", cpu pressure $(sed -nE 's/^some avg10=([0-9.]+).*/\1/p' /proc/pressure/cpu)%"
-	fi
-	echo "load average $(cut -d' ' -f1-3 /proc/loadavg)$p"
-}
-section() { log; log "== $1 ($(date -u +%H:%M:%S), $(busy))"; }
-
-# start NAME CMD...: runs CMD in the background with its output in
-# $WORK/NAME.log and records its pid in the variable NAME_PID.
-start() {
-	local name=$1
-	shift
-	"$@" >"$WORK/$name.log" 2>&1 &
-	PIDS+=("$!")
-	printf -v "${name}_PID" '%s' "$!"
-}
 # ready URL [STRING [HEADER]]: polls until URL answers 200 (holding STRING).
 ready() {
 	local h=()
@@ -247,7 +219,6 @@ pids_of() {
 # Every path sends the same header, so the client's work is the same on
 # every path (only the full gateway checks it).
 hdr() { echo "$AUTH"; }
-
 
 for round in $(seq "$ROUNDS"); do
 	section "round $round: fixed rate, $RATE req/s for $RATE_DURATION after $RATE_WARMUP"
