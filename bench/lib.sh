@@ -39,3 +39,26 @@ cleanup() {
 	done
 	rm -rf "$WORK"
 }
+
+# log_code logs the commit measured, flagging uncommitted changes outside
+# bench/ and docs/ (JUNCTION_COMMIT names it outside a git checkout).
+log_code() {
+	local commit
+	if commit=$(git rev-parse --short HEAD 2>/dev/null); then
+		if [[ -n "$(git status --porcelain -- . ':!bench' ':!docs' 2>/dev/null)" ]]; then
+			commit="$commit with uncommitted changes"
+		fi
+	else
+		commit=${JUNCTION_COMMIT:-unknown}
+	fi
+	log "code: commit $commit"
+}
+
+# build_tools builds junction and the load tools of bench/cmd into $BIN.
+build_tools() {
+	local c
+	for c in meshload nullhttp busnode; do
+		go build -o "$BIN/$c" "./bench/cmd/$c"
+	done
+	go build -o "$BIN/junction" ./cmd/junction
+}

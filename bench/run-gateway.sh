@@ -84,20 +84,10 @@ section "machine"
 log "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
 log "go: $(go version)"
 log "nginx: $("$NGINX" -v 2>&1)"
-if commit=$(git rev-parse --short HEAD 2>/dev/null); then
-	if [[ -n "$(git status --porcelain -- . ':!bench' ':!docs' 2>/dev/null)" ]]; then
-		commit="$commit with uncommitted changes"
-	fi
-else
-	commit=${JUNCTION_COMMIT:-unknown}
-fi
-log "code: commit $commit"
+log_code
 log "results: $RESULTS"
 
-for c in meshload nullhttp busnode; do
-	go build -o "$BIN/$c" "./bench/cmd/$c"
-done
-go build -o "$BIN/junction" ./cmd/junction
+build_tools
 
 read -r P_BACKEND P_NGINX P_PAPI P_PGW P_FAPI P_FGW P_PROF_API P_PROF_GW <<<"$("$BIN/meshload" ports 8)"
 BACKEND=http://127.0.0.1:$P_BACKEND

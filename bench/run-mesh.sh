@@ -64,20 +64,10 @@ ready() {
 section "machine"
 log "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
 log "go: $(go version)"
-if commit=$(git rev-parse --short HEAD 2>/dev/null); then
-	if [[ -n "$(git status --porcelain -- . ':!bench' ':!docs' 2>/dev/null)" ]]; then
-		commit="$commit with uncommitted changes"
-	fi
-else
-	commit=${JUNCTION_COMMIT:-unknown}
-fi
-log "code: commit $commit"
+log_code
 log "results: $RESULTS"
 
-for c in meshload nullhttp busnode; do
-	go build -o "$BIN/$c" "./bench/cmd/$c"
-done
-go build -o "$BIN/junction" ./cmd/junction
+build_tools
 
 read -r P_BACKEND P_PROXY P_A P_S P_SNATS P_SMESH P_C P_PROF <<<"$("$BIN/meshload" ports 8)"
 BACKEND=http://127.0.0.1:$P_BACKEND
