@@ -35,6 +35,7 @@ import (
 	"github.com/junctionhq/junction/mesh"
 	"github.com/junctionhq/junction/observe"
 	"github.com/junctionhq/junction/projection"
+	"github.com/junctionhq/junction/workflow"
 )
 
 // Version is set at build time with -ldflags "-X github.com/junctionhq/junction.Version=v1.2.3".
@@ -63,6 +64,7 @@ type Node struct {
 	events    eventstore.Store
 	eventsDB  *sqldb.DB // the postgres event store's own database, when not n.db
 	views     *projection.Manager
+	workflows *workflow.Engine
 	bridges   *bridges
 	gateway   *gatewayServer
 	cfgFile   string               // the config's file, for Reload
@@ -183,9 +185,24 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	if err := n.openSnapshots(ctx); err != nil {
 		return nil, err
 	}
+	projections := cfg.Projections
+	if len(cfg.Workflows) > 0 {
+		// The runs view (GET /v1/runs) is a projection of the runs' histories.
+		projections = maps.Clone(projections)
+		if projections == nil {
+			projections = map[string]*config.Projection{}
+		}
+		projections[workflow.RunsView] = workflow.RunsProjection()
+	}
 	if n.views, err = projection.New(ctx, projection.Options{
-		Store: n.events, Projections: cfg.Projections, DB: n.db, Logger: n.log, Registerer: n.reg,
+		Store: n.events, Projections: projections, DB: n.db, Logger: n.log, Registerer: n.reg,
 		Open: func(ctx context.Context, dsn string) (*sqldb.DB, error) { return sqldb.Open(ctx, dsn, cfg.DataDir) },
+	}); err != nil {
+		return nil, err
+	}
+	if n.workflows, err = workflow.New(ctx, workflow.Options{
+		Store: n.events, JS: n.nats.JS, Prefix: cfg.NATS.Prefix, Workflows: cfg.Workflows, Bus: n.bus,
+		Services: n.mesh, Logger: n.log, Registerer: n.reg, Tracer: observe.Tracer(n.tp, "workflow"),
 	}); err != nil {
 		return nil, err
 	}
@@ -205,10 +222,11 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	if err := n.startGateway(); err != nil {
 		return nil, err
 	}
-	n.startWatch()
-	if len(cfg.Workflows) > 0 {
-		n.log.Warn("workflows are declared and validated, but this version does not run them yet", "workflows", len(cfg.Workflows))
+	if err := n.workflows.Start(ctx); err != nil {
+		return nil, err
 	}
+	n.recoverRuns()
+	n.startWatch()
 	n.mount()
 	n.log.Info("junction started", "version", BuildVersion(), "api", n.listener.Addr().String(),
 		"nats", natsDesc(cfg), "sql", n.db.Dialect, "eventstore", cfg.EventStore.Backend, "data_dir", cfg.DataDir,
@@ -239,6 +257,33 @@ func (n *Node) openEvents(ctx context.Context) error {
 		return fmt.Errorf("event store (%s): %w", n.cfg.EventStore.Backend, err)
 	}
 	return nil
+}
+
+// recoverRuns queues, in the background, a task for every unfinished
+// run (see workflow.Engine.Recover).
+func (n *Node) recoverRuns() {
+	v, err := n.views.Get(workflow.RunsView)
+	if err != nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		go func() {
+			select {
+			case <-n.stopping:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		count, err := n.workflows.Recover(ctx, v)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			n.log.Warn("workflow recovery", "err", err)
+		case count > 0:
+			n.log.Info("unfinished runs resumed", "runs", count)
+		}
+	}()
 }
 
 func natsDesc(cfg *config.Config) string {
@@ -278,6 +323,11 @@ func (n *Node) mount() {
 	r.HandleAll((&mesh.API{Mesh: n.mesh}).Routes())
 	r.HandleAll((&eventstore.API{Store: n.events, MaxBodyBytes: n.cfg.API.MaxBodyBytes, Closing: n.stopping}).Routes())
 	r.HandleAll((&projection.API{Manager: n.views}).Routes())
+	var runs workflow.Lister
+	if v, err := n.views.Get(workflow.RunsView); err == nil {
+		runs = v
+	}
+	r.HandleAll((&workflow.API{Engine: n.workflows, Runs: runs, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
 	r.Handle(httpserver.Route{Method: "GET", Path: "/healthz", Tag: "operations", Summary: "Liveness: the process serves HTTP", Handler: n.healthz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/readyz", Tag: "operations", Summary: "Readiness: NATS and SQL answer", Handler: n.readyz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/metrics", Tag: "operations", Summary: "Prometheus metrics",
@@ -330,6 +380,10 @@ func (n *Node) Mesh() *mesh.Mesh { return n.mesh }
 // Views runs the projections and serves their views.
 func (n *Node) Views() *projection.Manager { return n.views }
 
+// Workflows is the node's workflow engine: start runs, signal, cancel
+// and inspect them from Go.
+func (n *Node) Workflows() *workflow.Engine { return n.workflows }
+
 // Events is the node's event store: the streams of /v1/streams and the
 // global log of /v1/events.
 func (n *Node) Events() eventstore.Store { return n.events }
@@ -364,7 +418,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.log.Info("shutting down", "deadline", timeout)
 	sctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	n.stopBridges() // they publish to the bus: stop them first
+	n.stopBridges()            // they publish to the bus: stop them first
+	_ = n.workflows.Stop(sctx) // its steps publish and call: before the bus and mesh
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = n.bus.Stop(sctx) }()  // also ends open tails (n.stopping ends follows)
@@ -393,6 +448,9 @@ func (n *Node) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout.D())
 	defer cancel()
 	n.stopBridges()
+	if n.workflows != nil {
+		_ = n.workflows.Stop(ctx)
+	}
 	if n.bus != nil {
 		_ = n.bus.Stop(ctx)
 	}
@@ -405,6 +463,9 @@ func (n *Node) close(ctx context.Context) {
 			n.stopWatch()
 		}
 		n.stopBridges()
+		if n.workflows != nil {
+			_ = n.workflows.Stop(ctx) // a no-op after Run's
+		}
 		if n.mesh != nil {
 			_ = n.mesh.Stop(ctx) // a no-op after Run's
 		}

@@ -30,6 +30,8 @@ var contract = []string{
 	"PUT /v1/streams/{stream}/retention", "GET /v1/streams/{stream}/retention",
 	"GET /v1/projections", "GET /v1/projections/{name}", "POST /v1/projections/{name}/rebuild",
 	"GET /v1/views/{view}/{key}", "GET /v1/views/{view}",
+	"GET /v1/workflows", "POST /v1/workflows/{workflow}/runs", "GET /v1/runs", "GET /v1/runs/{id}",
+	"GET /v1/runs/{id}/history", "POST /v1/runs/{id}/signals/{signal}", "POST /v1/runs/{id}/cancel",
 }
 
 func TestOpenAPICoversEveryRoute(t *testing.T) {

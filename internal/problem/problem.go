@@ -50,6 +50,10 @@ const (
 	CodeViewNotFound     Code = "view_not_found"
 	CodeRowNotFound      Code = "row_not_found"
 	CodeProjFailed       Code = "projection_failed"
+	CodeWorkflowNotFound Code = "workflow_not_found"
+	CodeRunNotFound      Code = "run_not_found"
+	CodeRunEnded         Code = "run_ended"
+	CodeKeyReused        Code = "idempotency_key_reused"
 )
 
 var statusOf = map[Code]int{
@@ -85,6 +89,10 @@ var statusOf = map[Code]int{
 	CodeViewNotFound:     http.StatusNotFound,
 	CodeRowNotFound:      http.StatusNotFound,
 	CodeProjFailed:       http.StatusServiceUnavailable,
+	CodeWorkflowNotFound: http.StatusNotFound,
+	CodeRunNotFound:      http.StatusNotFound,
+	CodeRunEnded:         http.StatusConflict,
+	CodeKeyReused:        http.StatusConflict,
 }
 
 // Status returns the HTTP status that belongs to code.
