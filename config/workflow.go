@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/robfig/cron/v3"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/junctionhq/junction/expr"
@@ -25,7 +26,46 @@ type Workflow struct {
 	// Output is CEL over input and steps: the run's result.
 	Output string  `yaml:"output"`
 	Steps  []*Step `yaml:"steps"`
+	// Schedules start runs on cron schedules.
+	Schedules []*Schedule `yaml:"schedules"`
+	// Triggers start a run for each bus message a filter accepts.
+	Triggers []*Trigger `yaml:"triggers"`
 }
+
+// Schedule starts runs at the times of a cron expression.
+type Schedule struct {
+	// Cron is five fields (minute hour day month weekday), or a
+	// descriptor such as @hourly or @every 90s; CRON_TZ=Zone may lead.
+	Cron string `yaml:"cron"`
+	// Overlap is what a fire time does while the schedule's previous run
+	// is still going: skip (the default) drops it, buffer_one starts one
+	// run when the previous ends (further fire times are dropped), allow
+	// starts it at once.
+	Overlap string `yaml:"overlap"`
+	// CatchUp is how far back fire times missed while no node ran are
+	// still started (under the overlap policy), oldest first; 0 starts
+	// none of them.
+	CatchUp Duration `yaml:"catch_up"`
+	// Input is the runs' input: a template over schedule (time, the fire
+	// time in RFC 3339, and name).
+	Input string `yaml:"input"`
+}
+
+// Trigger starts a run for each message of Topic that Filter accepts.
+type Trigger struct {
+	Topic string `yaml:"topic"`
+	// Filter is CEL over message; empty accepts every message.
+	Filter string `yaml:"filter"`
+	// Input is a template over message; default the message's data.
+	Input string `yaml:"input"`
+}
+
+// Overlap policies of a schedule.
+const (
+	OverlapSkip      = "skip"
+	OverlapBufferOne = "buffer_one"
+	OverlapAllow     = "allow"
+)
 
 // Step is one step: exactly one action, when its needs have completed
 // (or been skipped).
@@ -452,6 +492,38 @@ func (w *Workflow) check(name string, services map[string]*Service, workflows ma
 			}
 		}
 	}
+	for i, sc := range w.Schedules {
+		p := fmt.Sprintf("schedules[%d]", i)
+		if sc == nil {
+			add(p, "empty schedule: it needs cron")
+			continue
+		}
+		if _, err := ParseCron(sc.Cron); err != nil {
+			add(p+".cron", "invalid cron %q: %v", sc.Cron, err)
+		}
+		switch sc.Overlap {
+		case "":
+			sc.Overlap = OverlapSkip
+		case OverlapSkip, OverlapBufferOne, OverlapAllow:
+		default:
+			add(p+".overlap", "overlap is skip, buffer_one or allow, not %q", sc.Overlap)
+		}
+		if sc.CatchUp < 0 {
+			add(p+".catch_up", "catch_up must not be negative")
+		}
+		tc := exprCheck{is: &is, refs: map[string]bool{}}
+		tc.template(p+".input", sc.Input)
+	}
+	for i, tr := range w.Triggers {
+		p := fmt.Sprintf("triggers[%d]", i)
+		if tr == nil || !ValidTopicName(tr.Topic) {
+			add(p+".topic", "a trigger needs a valid topic")
+			continue
+		}
+		tc := exprCheck{is: &is, refs: map[string]bool{}}
+		tc.cel(p+".filter", tr.Filter, true)
+		tc.template(p+".input", tr.Input)
+	}
 	oc := exprCheck{is: &is, refs: map[string]bool{}}
 	oc.cel("output", w.Output, false)
 	for _, ref := range sortedNames(oc.refs) {
@@ -460,6 +532,16 @@ func (w *Workflow) check(name string, services map[string]*Service, workflows ma
 		}
 	}
 	return is
+}
+
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// ParseCron parses a schedule's cron expression.
+func ParseCron(spec string) (cron.Schedule, error) {
+	if strings.TrimSpace(spec) == "" {
+		return nil, errors.New("empty")
+	}
+	return cronParser.Parse(spec)
 }
 
 // findCycle returns the steps of one cycle of needs, or nil.

@@ -20,7 +20,7 @@ import (
 
 // Variables every expression may use. They are all dynamically typed maps
 // so that one environment serves every component.
-var variables = []string{"event", "message", "row", "input", "steps", "request", "item"}
+var variables = []string{"event", "message", "row", "input", "steps", "request", "item", "schedule"}
 
 var (
 	envOnce sync.Once
