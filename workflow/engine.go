@@ -82,6 +82,9 @@ type Engine struct {
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 	started  bool
+
+	wmu     sync.Mutex
+	waiters map[string]map[chan struct{}]bool // run id -> callers of Wait on this node
 }
 
 // New compiles the workflows and prepares the task queue.
@@ -490,21 +493,57 @@ func (e *Engine) notifyParent(ctx context.Context, child *Run) error {
 }
 
 // Wait returns run id once it has ended, or its state when ctx ends
-// first (with ctx's error).
+// first (with ctx's error). A run that ends on this node wakes it at
+// once; one that ends on another node is seen by polling.
 func (e *Engine) Wait(ctx context.Context, id string) (*Run, error) {
-	delay := 5 * time.Millisecond
+	ch := make(chan struct{})
+	e.wmu.Lock()
+	if e.waiters == nil {
+		e.waiters = map[string]map[chan struct{}]bool{}
+	}
+	if e.waiters[id] == nil {
+		e.waiters[id] = map[chan struct{}]bool{}
+	}
+	e.waiters[id][ch] = true
+	e.wmu.Unlock()
+	defer func() {
+		e.wmu.Lock()
+		if m := e.waiters[id]; m != nil {
+			delete(m, ch)
+			if len(m) == 0 {
+				delete(e.waiters, id)
+			}
+		}
+		e.wmu.Unlock()
+	}()
+	delay := 20 * time.Millisecond
 	for {
 		r, err := e.Get(ctx, id)
 		if err != nil || r.Terminal() {
 			return r, err
 		}
+		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return r, ctx.Err()
-		case <-time.After(delay):
+		case <-ch:
+			t.Stop()
+			ch = nil // read once more; later wake-ups come from polling
+		case <-t.C:
 		}
-		delay = min(delay*2, 250*time.Millisecond)
+		delay = min(delay*2, time.Second)
 	}
+}
+
+// ended wakes the callers of Wait for run id on this node.
+func (e *Engine) ended(id string) {
+	e.wmu.Lock()
+	for ch := range e.waiters[id] {
+		close(ch)
+	}
+	delete(e.waiters, id)
+	e.wmu.Unlock()
 }
 
 func traceparent(ctx context.Context) string {

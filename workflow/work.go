@@ -134,6 +134,7 @@ func (w *work) observe(evs []pending) {
 			m.finished.WithLabelValues(name, r.Status).Inc()
 			m.duration.WithLabelValues(name, r.Status).Observe(time.Since(r.StartedAt).Seconds())
 			w.e.log.Debug("run ended", "run", w.id, "workflow", name, "status", r.Status, "error", r.Error)
+			w.e.ended(w.id)
 		}
 	}
 }
