@@ -121,14 +121,18 @@ type Run struct {
 
 // Step is one step's state in a run.
 type Step struct {
-	ID           string        `json:"id"`
-	Status       string        `json:"status"`
-	Attempts     int           `json:"attempts"`
-	Output       any           `json:"output,omitempty"`
-	Error        string        `json:"error,omitempty"`
-	StartedAt    *time.Time    `json:"started_at,omitempty"`
-	EndedAt      *time.Time    `json:"ended_at,omitempty"`
-	RetryAt      *time.Time    `json:"retry_at,omitempty"`
+	ID        string     `json:"id"`
+	Status    string     `json:"status"`
+	Attempts  int        `json:"attempts"`
+	Output    any        `json:"output,omitempty"`
+	Error     string     `json:"error,omitempty"`
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	EndedAt   *time.Time `json:"ended_at,omitempty"`
+	RetryAt   *time.Time `json:"retry_at,omitempty"`
+	// FireAt is when a sleep or until step's timer fires.
+	FireAt *time.Time `json:"fire_at,omitempty"`
+	// Deadline is when the running attempt (or wait) times out.
+	Deadline     *time.Time    `json:"deadline,omitempty"`
 	Compensation *Compensation `json:"compensation,omitempty"`
 
 	deadline time.Time
@@ -240,7 +244,7 @@ func (r *Run) apply(typ string, e *record, at time.Time) {
 	case evStepStarted:
 		s := r.step(e.Step)
 		s.Status, s.Attempts, s.RetryAt, s.Error = StepRunning, e.Attempt, nil, ""
-		s.deadline, s.fireAt = deref(e.Deadline), deref(e.FireAt)
+		s.deadline, s.fireAt, s.Deadline, s.FireAt = deref(e.Deadline), deref(e.FireAt), e.Deadline, e.FireAt
 		if s.StartedAt == nil {
 			s.StartedAt = tp(at)
 		}
