@@ -341,7 +341,7 @@ func (e *Engine) StartRun(ctx context.Context, name string, input json.RawMessag
 	if err != nil {
 		return nil, false, err
 	}
-	res, err := e.o.Store.Append(ctx, Stream(id), eventstore.NoStream, []eventstore.EventData{{ID: "wfstart-" + id, Type: evRunStarted, Data: data}})
+	res, err := e.o.Store.Append(ctx, Stream(id), eventstore.NoStream, []eventstore.EventData{{Type: evRunStarted, Data: data}})
 	if errors.Is(err, eventstore.ErrWrongVersion) {
 		r, gerr := e.Get(ctx, id)
 		if gerr != nil {

@@ -251,6 +251,9 @@ func (r *Run) apply(typ string, e *record, at time.Time) {
 	case evStepCompleted:
 		s := r.step(e.Step)
 		s.Status, s.Output, s.raw, s.EndedAt, s.Error, s.RetryAt = StepCompleted, decodeAny(e.Output), e.Output, tp(at), "", nil
+		if s.StartedAt == nil {
+			s.StartedAt = s.EndedAt // a step the engine completes at once (set, switch)
+		}
 		if e.Attempt > s.Attempts {
 			s.Attempts = e.Attempt
 		}

@@ -57,7 +57,8 @@ func newRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serveCmd(), validateCmd(stdout, stderr), publishCmd(stdin, stdout), tailCmd(stdout),
-		appendCmd(stdin, stdout), readCmd(stdout), versionCmd(stdout), caCmd(stdout))
+		appendCmd(stdin, stdout), readCmd(stdout), runCmd(stdin, stdout), runsCmd(stdout, stderr), signalCmd(stdin), cancelCmd(),
+		versionCmd(stdout), caCmd(stdout))
 	return root
 }
 
