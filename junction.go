@@ -201,7 +201,7 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 		return nil, err
 	}
 	if n.workflows, err = workflow.New(ctx, workflow.Options{
-		Store: n.events, JS: n.nats.JS, Prefix: cfg.NATS.Prefix, Workflows: cfg.Workflows, Bus: n.bus,
+		Store: n.events, JS: n.nats.JS, Prefix: cfg.NATS.Prefix, Workflows: cfg.Workflows, Bus: n.bus, Messages: n.bus,
 		Services: n.mesh, Logger: n.log, Registerer: n.reg, Tracer: observe.Tracer(n.tp, "workflow"),
 	}); err != nil {
 		return nil, err

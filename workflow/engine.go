@@ -41,6 +41,8 @@ type Options struct {
 	// Workflows are the validated definitions from the config.
 	Workflows map[string]*config.Workflow
 	Bus       Publisher
+	// Messages feeds the workflows' message triggers (the bus).
+	Messages MessageSource
 	// Services carries calls to services by name (http://inventory/...):
 	// the mesh, with its load balancing and policies.
 	Services http.RoundTripper
@@ -82,6 +84,8 @@ type Engine struct {
 	wg       sync.WaitGroup
 	stopping atomic.Bool
 	started  bool
+
+	schedKV jetstream.KeyValue
 
 	wmu     sync.Mutex
 	waiters map[string]map[chan struct{}]bool // run id -> callers of Wait on this node
@@ -153,7 +157,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.it, e.started = it, true
 	e.wg.Add(1)
 	go e.loop(it)
-	return nil
+	if err := e.startTriggers(ctx); err != nil {
+		return err
+	}
+	return e.startSchedules(ctx)
 }
 
 // Stop stops taking tasks and waits, until ctx ends, for the runs being

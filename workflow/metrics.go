@@ -12,6 +12,7 @@ type metrics struct {
 	steps    *prometheus.CounterVec   // workflow, outcome
 	stepTime *prometheus.HistogramVec // workflow, kind
 	active   prometheus.Gauge
+	schedule *prometheus.CounterVec // workflow, outcome
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,9 +37,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		active: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "junction_workflow_active_runs", Help: "Runs this node is working on now.",
 		}),
+		schedule: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "junction_workflow_schedule_fires_total", Help: "Fire times of schedules, by outcome: started, buffered, skipped (overlap), missed (older than catch_up).",
+		}, []string{"workflow", "outcome"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.started, m.finished, m.duration, m.steps, m.stepTime, m.active)
+		reg.MustRegister(m.started, m.finished, m.duration, m.steps, m.stepTime, m.active, m.schedule)
 	}
 	return m
 }
