@@ -88,7 +88,7 @@ func (n *Node) startGateway() error {
 		return fmt.Errorf("rate-limit bucket: %w", err)
 	}
 	gw, err := gateway.New(gateway.Options{
-		Services: n.mesh, Static: n.mesh, Publisher: n.bus, Buckets: gateway.NewKVBuckets(kv), MaxBodyBytes: n.cfg.Bus.MaxMessageBytes, Logger: n.log,
+		Services: n.mesh, Static: n.mesh, Publisher: n.bus, Runs: n.workflows, Buckets: gateway.NewKVBuckets(kv), MaxBodyBytes: n.cfg.Bus.MaxMessageBytes, Logger: n.log,
 		AccessLog: n.cfg.Gateway.AccessLog, Registerer: n.reg, Tracer: observe.Tracer(n.tp, "gateway"),
 	}, n.cfg.Gateway)
 	if err != nil {

@@ -44,7 +44,7 @@ type GatewayTLS struct {
 }
 
 // GatewayRoute is one route. Exactly one backend is set: Service, URL,
-// Publish, Static or Redirect.
+// Publish, Workflow, Aggregate, Static or Redirect.
 type GatewayRoute struct {
 	// Name identifies the route in logs and metrics (default: the
 	// methods and path).
@@ -64,8 +64,11 @@ type GatewayRoute struct {
 	URL []string `yaml:"url"`
 	// Rewrite is the upstream path, a template over the route's
 	// parameters (default: the request's path).
-	Rewrite  string           `yaml:"rewrite"`
-	Publish  *GatewayPublish  `yaml:"publish"`
+	Rewrite string          `yaml:"rewrite"`
+	Publish *GatewayPublish `yaml:"publish"`
+	// Workflow starts a run of the named workflow with the request's
+	// JSON body as its input: 202 with the run id and Location.
+	Workflow string           `yaml:"workflow"`
 	Static   *GatewayStatic   `yaml:"static"`
 	Redirect *GatewayRedirect `yaml:"redirect"`
 	// Aggregate calls several backends at once and merges their JSON
@@ -124,6 +127,8 @@ func (r *GatewayRoute) Backend() string {
 		return "service"
 	case r.Publish != nil:
 		return "publish"
+	case r.Workflow != "":
+		return "workflow"
 	case r.Static != nil:
 		return "static"
 	case r.Redirect != nil:
@@ -223,7 +228,7 @@ func templateRefs(tmpl string, params []string) error {
 
 var httpMethods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PUT": true, "PATCH": true, "DELETE": true, "OPTIONS": true, "CONNECT": true, "TRACE": true}
 
-func (r *GatewayRoute) check(services map[string]*Service) []issue {
+func (r *GatewayRoute) check(services map[string]*Service, workflows map[string]*Workflow) []issue {
 	var is []issue
 	add := func(f, format string, a ...any) { is = append(is, issue{Issue: Issue{f, fmt.Sprintf(format, a...)}}) }
 	params, err := PathParams(r.Path)
@@ -250,13 +255,18 @@ func (r *GatewayRoute) check(services map[string]*Service) []issue {
 		}
 	}
 	n := 0
-	for _, set := range []bool{r.Service != "", len(r.URL) > 0, r.Publish != nil, r.Static != nil, r.Redirect != nil, len(r.Aggregate) > 0} {
+	for _, set := range []bool{r.Service != "", len(r.URL) > 0, r.Publish != nil, r.Workflow != "", r.Static != nil, r.Redirect != nil, len(r.Aggregate) > 0} {
 		if set {
 			n++
 		}
 	}
 	if n != 1 {
-		add("path", "route %s needs exactly one backend: service, url, publish, static, redirect or aggregate", r.Name)
+		add("path", "route %s needs exactly one backend: service, url, publish, workflow, static, redirect or aggregate", r.Name)
+	}
+	if r.Workflow != "" {
+		if _, ok := workflows[r.Workflow]; !ok {
+			add("workflow", "no workflow %q is declared", r.Workflow)
+		}
 	}
 	if r.Service != "" {
 		if _, ok := services[r.Service]; !ok && !ValidServiceName(r.Service) {
@@ -363,7 +373,7 @@ func (c *Config) validateGateway() []issue {
 			continue
 		}
 		r.Normalize()
-		for _, x := range r.check(c.Services) {
+		for _, x := range r.check(c.Services, c.Workflows) {
 			x.Field = p + "." + x.Field
 			is = append(is, x)
 		}

@@ -7,6 +7,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/junctionhq/junction/bus"
@@ -44,6 +46,12 @@ type Publisher interface {
 	Publish(ctx context.Context, topic string, msgs ...bus.Message) ([]bus.PublishResult, error)
 }
 
+// Runs starts workflow runs for workflow routes (the workflow engine).
+// The error is one the API answers with (a problem document).
+type Runs interface {
+	StartFromGateway(ctx context.Context, workflow string, input []byte, idempotencyKey, traceparent string) (runID, status string, replayed bool, err error)
+}
+
 // Options are a gateway's dependencies.
 type Options struct {
 	// Services calls services by name (req.URL.Host): the mesh.
@@ -53,7 +61,8 @@ type Options struct {
 		Static(name string, urls []string) error
 	}
 	Publisher Publisher
-	// MaxBodyBytes bounds a body published to a topic.
+	Runs      Runs
+	// MaxBodyBytes bounds a body published to a topic or starting a run.
 	MaxBodyBytes int64
 	// Buckets keeps the buckets of global rate limits.
 	Buckets BucketStore
@@ -252,6 +261,11 @@ func (g *Gateway) backend(rt *route) (http.Handler, error) {
 			return nil, fmt.Errorf("publish routes need the bus")
 		}
 		return g.publish(c.Publish), nil
+	case "workflow":
+		if g.o.Runs == nil {
+			return nil, fmt.Errorf("workflow routes need the workflow engine")
+		}
+		return g.startRun(c.Workflow), nil
 	case "static":
 		s := c.Static
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -369,6 +383,38 @@ func (g *Gateway) publish(p *config.GatewayPublish) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
 		fmt.Fprintf(w, `{"id":%q,"topic":%q,"duplicate":%t}`+"\n", res[0].ID, p.Topic, res[0].Duplicate)
+	})
+}
+
+// startRun starts a run of a workflow with the request's JSON body as
+// its input (an empty body is null) and answers 202 with the run id and
+// its Location in the API; Idempotency-Key makes a retried request find
+// the run it started.
+func (g *Gateway) startRun(workflow string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := readBody(w, r, g.o.MaxBodyBytes)
+		if err != nil {
+			problem.Write(w, r, err)
+			return
+		}
+		if len(bytes.TrimSpace(body)) > 0 && !json.Valid(body) {
+			problem.Write(w, r, problem.New(problem.CodeBadJSON, "the body must be JSON: it is the workflow's input"))
+			return
+		}
+		carrier := propagation.HeaderCarrier(http.Header{})
+		observe.Propagator.Inject(r.Context(), carrier)
+		id, status, replayed, err := g.o.Runs.StartFromGateway(r.Context(), workflow, body, r.Header.Get("Idempotency-Key"), carrier.Get("traceparent"))
+		if err != nil {
+			problem.Write(w, r, err)
+			return
+		}
+		w.Header().Set("Location", "/v1/runs/"+id)
+		if replayed {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, `{"run_id":%q,"workflow":%q,"status":%q}`+"\n", id, workflow, status)
 	})
 }
 

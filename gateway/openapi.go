@@ -398,7 +398,7 @@ func pathParams(tmpl string) []any {
 func responses(c *config.GatewayRoute) map[string]any {
 	d := func(code int) map[string]any { return map[string]any{"description": http.StatusText(code)} }
 	switch c.Backend() {
-	case "publish":
+	case "publish", "workflow":
 		return map[string]any{"202": d(202)}
 	case "static":
 		return map[string]any{strconv.Itoa(c.Static.Status): d(c.Static.Status)}

@@ -558,3 +558,13 @@ func traceparent(ctx context.Context) string {
 	observe.Propagator.Inject(ctx, c)
 	return c["traceparent"]
 }
+
+// StartFromGateway starts a run for a gateway route (gateway.Runs); the
+// error is a problem document.
+func (e *Engine) StartFromGateway(ctx context.Context, workflow string, input []byte, key, trace string) (string, string, bool, error) {
+	r, created, err := e.StartRun(ctx, workflow, input, StartOptions{IdempotencyKey: key, Trigger: "gateway", Trace: trace})
+	if err != nil {
+		return "", "", false, Problem(err)
+	}
+	return r.ID, r.Status, !created, nil
+}

@@ -33,6 +33,10 @@ func node(t *testing.T, yaml string, vars map[string]string) *testutil.Node {
 	}
 	cfg := testutil.Config(t, testutil.Embedded)
 	cfg.Workflows, cfg.Services, cfg.Topics = parsed.Workflows, parsed.Services, parsed.Topics
+	if len(parsed.Gateway.Routes) > 0 {
+		cfg.Gateway = parsed.Gateway
+		cfg.Gateway.Listen = "127.0.0.1:0"
+	}
 	return testutil.Start(t, cfg)
 }
 
