@@ -452,3 +452,52 @@ func waitStep(t *testing.T, n interface {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestThousandConcurrentRuns starts 1,000 runs at once; every one
+// completes, with its own output.
+func TestThousandConcurrentRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1,000 runs")
+	}
+	var calls atomic.Int64
+	svc := service(t, func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(b)
+	})
+	n := node(t, `
+workflows:
+  many:
+    output: steps.twice.output.n
+    steps:
+      - { id: echo, call: { url: "$SVC", body: "{{ input }}" } }
+      - { id: pub, needs: [echo], publish: { topic: many, data: "{{ steps.echo.output }}" } }
+      - { id: twice, needs: [pub], set: { n: steps.echo.output.i * 2.0 } }
+`, map[string]string{"SVC": svc})
+	const runs = 1000
+	ids := make([]string, runs)
+	var wg sync.WaitGroup
+	for i := range runs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, _, err := n.Workflows().StartRun(ctxT(t), "many", fmt.Appendf(nil, `{"i":%d}`, i), workflow.StartOptions{})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i] = r.ID
+		}()
+	}
+	wg.Wait()
+	for i, id := range ids {
+		r := finish(t, n, id)
+		if r.Status != workflow.StatusCompleted || r.Output != float64(2*i) {
+			t.Fatalf("run %d: %s", i, dump(r))
+		}
+	}
+	if c := calls.Load(); c < runs {
+		t.Errorf("%d calls for %d runs", c, runs)
+	}
+}
