@@ -47,7 +47,8 @@ type Schedule struct {
 	// none of them.
 	CatchUp Duration `yaml:"catch_up"`
 	// Input is the runs' input: a template over schedule (time, the fire
-	// time in RFC 3339, and name).
+	// time in RFC 3339; workflow; index, the schedule's place in the
+	// list).
 	Input string `yaml:"input"`
 }
 
@@ -106,8 +107,9 @@ type StepAction struct {
 	Workflow *ChildAction `yaml:"workflow"`
 }
 
-// CallAction calls a service through the mesh, or a URL, under a
-// resilience policy. Path, headers and body are templates.
+// CallAction calls a service through the mesh (under the service's
+// policy: balancing, breaker, timeout) or a URL; the step's retry policy
+// and timeout apply to both. URL, path, headers and body are templates.
 type CallAction struct {
 	Service string            `yaml:"service"`
 	URL     string            `yaml:"url"`
@@ -115,7 +117,6 @@ type CallAction struct {
 	Path    string            `yaml:"path"`
 	Headers map[string]string `yaml:"headers"`
 	Body    string            `yaml:"body"`
-	Policy  string            `yaml:"policy"`
 }
 
 // PublishAction publishes a message; Data and Key are templates.
@@ -371,8 +372,8 @@ func (a *StepAction) check(c exprCheck, path string, services map[string]*Servic
 		}
 		if f.Do == nil {
 			add("foreach.do", "foreach needs do: the action run for each item")
-		} else if k := f.Do.Kind(); k == "foreach" || k == "wait" || k == "switch" {
-			add("foreach.do", "foreach cannot do %s", k)
+		} else if k := f.Do.Kind(); k != "call" && k != "publish" && k != "append" {
+			add("foreach.do", "foreach does a call, publish or append, not %s", k)
 		} else {
 			f.Do.check(c, path+"foreach.do.", services, workflows)
 		}

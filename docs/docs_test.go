@@ -1,8 +1,8 @@
 package docs_test
 
 // TestDocs runs the examples of docs/messaging.md, docs/mesh.md,
-// docs/eventsourcing.md, docs/cqrs.md, docs/gateway.md and of the tour in
-// README.md against a real node,
+// docs/eventsourcing.md, docs/cqrs.md, docs/gateway.md, docs/workflows.md
+// and of the tour in README.md against a real node,
 // so the documentation cannot drift from what Junction does.
 //
 // The conventions the documents follow:
@@ -46,6 +46,8 @@ package docs_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -100,6 +102,7 @@ func TestDocs(t *testing.T) {
 		{"eventsourcing.md", ""},
 		{"cqrs.md", ""},
 		{"gateway.md", ""},
+		{"workflows.md", ""},
 		{"../README.md", "tour"},
 	}
 	for _, d := range docs {
@@ -733,11 +736,54 @@ func (rc *receiver) dump() string {
 // Junction-Caller header (as "caller"); /headers adds the request headers
 // (lower-case names), /status/NNN answers with the status NNN, and
 // /sleep/DURATION answers after that long. /healthz answers 200.
+//
+// Like a service that deduplicates on Idempotency-Key, it adds "id" to
+// the answer of a request with that header: the same key, the same id.
+// It records the requests it answers: GET /requests lists them, oldest
+// first, with their method, path, query, headers (lower-case names) and
+// body. POST /failures with {"path": P, "status": N, "times": T} makes it
+// answer N, with its usual body, to the next T requests for the path P
+// (to every one when T is 0 or absent); DELETE /failures forgets them.
+// /healthz, /requests and /failures are not recorded.
 func newApp(t *testing.T) *httptest.Server {
+	type failure struct {
+		Path   string `json:"path"`
+		Status int    `json:"status"`
+		Times  int    `json:"times"`
+	}
+	var (
+		mu       sync.Mutex
+		recorded = []map[string]any{}
+		failures []*failure
+	)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		if req.URL.Path == "/healthz" {
+		switch {
+		case req.URL.Path == "/healthz":
 			_, _ = io.WriteString(w, `{"status":"ok"}`)
+			return
+		case req.URL.Path == "/requests" && req.Method == http.MethodGet:
+			mu.Lock()
+			defer mu.Unlock()
+			_ = json.NewEncoder(w).Encode(recorded)
+			return
+		case req.URL.Path == "/failures" && req.Method == http.MethodDelete:
+			mu.Lock()
+			failures = nil
+			mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
+			return
+		case req.URL.Path == "/failures" && req.Method == http.MethodPost:
+			var f failure
+			if err := json.NewDecoder(req.Body).Decode(&f); err != nil || f.Path == "" || f.Status < 200 || f.Status > 599 || f.Times < 0 {
+				w.WriteHeader(http.StatusBadRequest)
+				_, _ = io.WriteString(w, `{"error":"want {\"path\": \"/...\", \"status\": 200..599, \"times\": N}"}`+"\n")
+				return
+			}
+			mu.Lock()
+			failures = append(failures, &f)
+			mu.Unlock()
+			w.WriteHeader(http.StatusNoContent)
 			return
 		}
 		body, _ := io.ReadAll(req.Body)
@@ -758,14 +804,39 @@ func newApp(t *testing.T) *httptest.Server {
 		if c := req.Header.Get("Junction-Caller"); c != "" {
 			out["caller"] = c
 		}
+		if k := req.Header.Get("Idempotency-Key"); k != "" {
+			sum := sha256.Sum256([]byte(k))
+			out["id"] = hex.EncodeToString(sum[:6])
+		}
+		headers := map[string]string{}
+		for k, v := range req.Header {
+			headers[strings.ToLower(k)] = strings.Join(v, ", ")
+		}
 		code := http.StatusOK
+		mu.Lock()
+		rec := map[string]any{"method": req.Method, "path": req.URL.Path, "headers": headers}
+		for _, k := range []string{"query", "body"} {
+			if v, ok := out[k]; ok {
+				rec[k] = v
+			}
+		}
+		recorded = append(recorded, rec)
+		for i, f := range failures {
+			if f.Path != req.URL.Path {
+				continue
+			}
+			code = f.Status
+			if f.Times > 0 {
+				if f.Times--; f.Times == 0 {
+					failures = slices.Delete(failures, i, i+1)
+				}
+			}
+			break
+		}
+		mu.Unlock()
 		switch rest, _ := strings.CutPrefix(req.URL.Path, "/"); {
 		case rest == "headers":
-			h := map[string]string{}
-			for k, v := range req.Header {
-				h[strings.ToLower(k)] = strings.Join(v, ", ")
-			}
-			out["headers"] = h
+			out["headers"] = headers
 		case strings.HasPrefix(rest, "status/"):
 			if m := statusPath.FindStringSubmatch(req.URL.Path); m != nil {
 				code, _ = strconv.Atoi(m[1])

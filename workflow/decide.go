@@ -3,6 +3,7 @@ package workflow
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -300,6 +301,10 @@ func (x *decider) start(sd *stepDef, n int) {
 			rec.Deadline = tp(x.now.Add(t))
 		}
 		x.emit(evStepStarted, rec)
+		if a.wait.Message != nil {
+			// Register the waiter, so that messages reach it.
+			x.out.execs = append(x.out.execs, execution{step: sd.id, attempt: n, deadline: deref(rec.Deadline)})
+		}
 	}
 }
 
@@ -355,7 +360,9 @@ func (x *decider) check(sd *stepDef, s *Step) bool {
 // compensate unwinds a failed or cancelled run: it abandons waits and
 // timers, lets attempts in flight finish (their effects must be undone
 // too), then runs the compensations of completed steps one at a time in
-// reverse order of completion, and ends the run.
+// reverse order of completion, and ends the run. A compensation that
+// fails for good does not stop the others: the run then ends failed,
+// naming each.
 func (x *decider) compensate() {
 	busy := false
 	for _, sd := range x.d.steps {
@@ -378,6 +385,7 @@ func (x *decider) compensate() {
 		return
 	}
 	compensated := false
+	var failed []string
 	for i := len(x.r.completed) - 1; i >= 0; i-- {
 		id := x.r.completed[i]
 		sd := x.d.stepDef(id)
@@ -402,12 +410,14 @@ func (x *decider) compensate() {
 			}
 			return
 		case c.Status == CompFailed:
-			x.emit(evRunFailed, record{Error: fmt.Sprintf("%s; then the compensation of step %s failed: %s", x.r.Error, id, c.Error)})
-			return
+			// Undo what can still be undone; the run fails at the end.
+			failed = append(failed, fmt.Sprintf("the compensation of step %s failed: %s", id, c.Error))
 		}
 	}
 	reason := x.r.Error
 	switch {
+	case len(failed) > 0:
+		x.emit(evRunFailed, record{Error: reason + "; then " + strings.Join(failed, "; ")})
 	case compensated:
 		x.emit(evRunCompensated, record{Error: reason})
 	case x.r.cancel != "":

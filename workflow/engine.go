@@ -86,6 +86,7 @@ type Engine struct {
 	started  bool
 
 	schedKV jetstream.KeyValue
+	waitKV  jetstream.KeyValue
 
 	wmu     sync.Mutex
 	waiters map[string]map[chan struct{}]bool // run id -> callers of Wait on this node
@@ -158,6 +159,9 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.wg.Add(1)
 	go e.loop(it)
 	if err := e.startTriggers(ctx); err != nil {
+		return err
+	}
+	if err := e.startWaits(ctx); err != nil {
 		return err
 	}
 	return e.startSchedules(ctx)

@@ -167,20 +167,28 @@ workflows:
 		t.Errorf("charge: %d attempts, %s: a 402 is not retried", s.Attempts, s.Status)
 	}
 	calls := rc.list()
-	var done, undone []string
+	var undone []string
 	for _, c := range calls {
-		if p, ok := strings.CutPrefix(c, "GET /do/"); ok {
-			done = append(done, p)
-		}
 		if p, ok := strings.CutPrefix(c, "DELETE /undo/"); ok {
 			undone = append(undone, p)
 		}
 	}
-	want := slices.Clone(done)
-	slices.Reverse(want)
+	// The order of completion is the history's.
+	h, err := n.Workflows().History(ctxT(t), r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, e := range h {
+		var d struct{ Step string }
+		_ = json.Unmarshal(e.Data, &d)
+		if e.Type == "StepCompleted" && d.Step != "nothing_to_undo" {
+			want = append([]string{d.Step}, want...)
+		}
+	}
 	want[len(want)-1] = "do/a" // a's compensation path is built from its output id
 	if !slices.Equal(undone, want) {
-		t.Errorf("compensations %v, want the reverse of completion %v (calls %v)", undone, done, calls)
+		t.Errorf("compensations %v, want the reverse of completion %v (calls %v)", undone, want, calls)
 	}
 	for _, id := range []string{"a", "b", "c"} {
 		if c := r.Step(id).Compensation; c == nil || c.Status != workflow.CompCompleted {
@@ -189,8 +197,10 @@ workflows:
 	}
 }
 
+// TestFailedCompensationFailsTheRun: b's compensation fails for good;
+// a's still runs, and the run ends failed, naming both failures.
 func TestFailedCompensationFailsTheRun(t *testing.T) {
-	rc := &recorder{fail: map[string]int{"/charge": 400, "/undo/a": 409}}
+	rc := &recorder{fail: map[string]int{"/charge": 400, "/undo/b": 409}}
 	n := node(t, `
 workflows:
   saga:
@@ -198,13 +208,23 @@ workflows:
       - id: a
         call: { url: "$SVC", path: /do/a }
         compensate: { call: { url: "$SVC", method: DELETE, path: /undo/a } }
-      - id: charge
+      - id: b
         needs: [a]
+        call: { url: "$SVC", path: /do/b }
+        compensate: { call: { url: "$SVC", method: DELETE, path: /undo/b } }
+      - id: charge
+        needs: [b]
         call: { url: "$SVC", path: /charge }
 `, map[string]string{"SVC": service(t, rc.handler)})
 	r := finish(t, n, start(t, n, "saga", nil).ID)
-	if r.Status != workflow.StatusFailed || !strings.Contains(r.Error, "compensation of step a failed") || !strings.Contains(r.Error, "step charge failed") {
+	if r.Status != workflow.StatusFailed || !strings.Contains(r.Error, "compensation of step b failed") || !strings.Contains(r.Error, "step charge failed") {
 		t.Fatalf("status %s error %q", r.Status, r.Error)
+	}
+	if c := r.Step("a").Compensation; c == nil || c.Status != workflow.CompCompleted {
+		t.Errorf("a's compensation %+v: it must run after b's failed", c)
+	}
+	if got := rc.list(); !slices.Equal(got[len(got)-2:], []string{"DELETE /undo/b", "DELETE /undo/a"}) {
+		t.Errorf("calls %v", got)
 	}
 }
 

@@ -152,6 +152,8 @@ func (c call) act(ctx context.Context, a *action, vars map[string]any) (any, err
 		return c.foreach(ctx, a.foreach, vars)
 	case KindWorkflow:
 		return nil, c.child(ctx, a.child, vars)
+	case KindWait:
+		return nil, c.e.addWaiter(ctx, c.run, c.step, c.attempt, a.wait.Message.Topic)
 	}
 	return nil, permanent("a %s cannot be executed here", a.kind)
 }

@@ -135,3 +135,41 @@ workflows:
 		t.Errorf("long_skip has %d runs, want 1", got)
 	}
 }
+
+// TestWaitForAMessage: each run waits for the payment of its own order;
+// messages for other orders pass it by.
+func TestWaitForAMessage(t *testing.T) {
+	n := node(t, `
+workflows:
+  pay:
+    output: steps.paid.output.data.amount
+    steps:
+      - id: paid
+        wait:
+          message: { topic: payments, filter: 'message.data.order == input.order' }
+          timeout: 30s
+`, nil)
+	ctx, e := ctxT(t), n.Workflows()
+	a := start(t, n, "pay", map[string]any{"order": "A"})
+	b := start(t, n, "pay", map[string]any{"order": "B"})
+	waitStep(t, n, a.ID, "paid", workflow.StepRunning)
+	waitStep(t, n, b.ID, "paid", workflow.StepRunning)
+	// A wait registers just after its step starts, and sees only later
+	// messages: publish until both runs have taken theirs.
+	testutil.Eventually(t, 20*time.Second, "both payments taken", func() bool {
+		for _, m := range []string{`{"order":"C","amount":1}`, `{"order":"B","amount":20}`, `{"order":"A","amount":10}`} {
+			if _, err := n.Bus().Publish(ctx, "payments", bus.Message{Data: []byte(m), DataContentType: "application/json"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ra, _ := e.Get(ctx, a.ID)
+		rb, _ := e.Get(ctx, b.ID)
+		return ra.Terminal() && rb.Terminal()
+	})
+	for id, want := range map[string]float64{a.ID: 10, b.ID: 20} {
+		r := finish(t, n, id)
+		if r.Status != workflow.StatusCompleted || r.Output != want {
+			t.Errorf("run %s: %s", id, dump(r))
+		}
+	}
+}

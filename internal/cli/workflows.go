@@ -204,7 +204,7 @@ func cancelCmd() *cobra.Command {
 	var reason string
 	c := &cobra.Command{
 		Use:   "cancel RUN",
-		Short: "Cancel a run: it compensates its completed steps and ends cancelled",
+		Short: "Cancel a run: it compensates its completed steps (ending compensated), or ends cancelled when there is nothing to undo",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
