@@ -77,16 +77,20 @@ func (n *Node) Reload() error {
 // watchConfig reloads when the config file's content changes, until ctx
 // ends. Editors often replace a file rather than write it, so the file is
 // looked at by name, not followed by a watch on what it was.
-func (n *Node) watchConfig(ctx context.Context) {
-	sum := func() []byte {
-		b, err := os.ReadFile(n.cfgFile)
-		if err != nil {
-			return nil
-		}
-		h := sha256.Sum256(b)
-		return h[:]
+func (n *Node) fileSum() []byte {
+	b, err := os.ReadFile(n.cfgFile)
+	if err != nil {
+		return nil
 	}
-	last := sum()
+	h := sha256.Sum256(b)
+	return h[:]
+}
+
+// watchConfig reloads when the file's content differs from last. The
+// first sum is taken before the node reports that it started, so a
+// change made once it has is never taken for the starting state.
+func (n *Node) watchConfig(ctx context.Context, last []byte) {
+	sum := n.fileSum
 	t := time.NewTicker(ConfigWatchInterval)
 	defer t.Stop()
 	for {
@@ -111,5 +115,5 @@ func (n *Node) startWatch() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.stopWatch = cancel
-	go n.watchConfig(ctx)
+	go n.watchConfig(ctx, n.fileSum())
 }
