@@ -88,8 +88,10 @@ type Engine struct {
 	schedKV jetstream.KeyValue
 	waitKV  jetstream.KeyValue
 
+	cache runCache
+
 	wmu     sync.Mutex
-	waiters map[string]map[chan struct{}]bool // run id -> callers of Wait on this node
+	waiters map[string]map[chan *Run]bool // run id -> callers of Wait on this node
 }
 
 // New compiles the workflows and prepares the task queue.
@@ -237,7 +239,11 @@ func (e *Engine) handle(msg jetstream.Msg) {
 		}
 	}()
 	w := e.newWork(id)
+	if cr, ok := e.cache.checkout(id); ok {
+		w.run, w.def, w.cached = cr.run, cr.def, true
+	}
 	err := w.process(e.ctx)
+	e.cache.checkin(id, w.run, w.def)
 	close(stop)
 	if e.ctx.Err() != nil {
 		_ = msg.Nak() // stopping: another node (or the next start) takes it
@@ -366,16 +372,21 @@ func (e *Engine) StartRun(ctx context.Context, name string, input json.RawMessag
 	if err != nil {
 		return nil, false, fmt.Errorf("start run: %w", err)
 	}
+	fresh := func() *Run {
+		r := newRun(id, d)
+		r.apply(evRunStarted, &rec, now)
+		r.Version = int64(res.LastVersion)
+		return r
+	}
+	out := fresh()              // the caller's
+	e.cache.put(id, fresh(), d) // the engine's, before the task exists, so a turn finds it
 	if err := e.poke(ctx, id); err != nil {
 		// The run is recorded; a task is all it lacks. Recover (at start)
 		// pokes every unfinished run, so it is not lost; say so.
 		e.log.Warn("run started but its task was not queued; it continues after a restart or a signal", "run", id, "err", err)
 	}
 	e.met.started.WithLabelValues(name).Inc()
-	r := newRun(id, d)
-	r.apply(evRunStarted, &rec, now)
-	r.Version = int64(res.LastVersion)
-	return r, true, nil
+	return out, true, nil
 }
 
 // Get folds run id's history into its state.
@@ -504,16 +515,17 @@ func (e *Engine) notifyParent(ctx context.Context, child *Run) error {
 }
 
 // Wait returns run id once it has ended, or its state when ctx ends
-// first (with ctx's error). A run that ends on this node wakes it at
-// once; one that ends on another node is seen by polling.
+// first (with ctx's error). A run that ends on this node hands its final
+// state to Wait at once; one that ends on another node is seen by
+// polling its history.
 func (e *Engine) Wait(ctx context.Context, id string) (*Run, error) {
-	ch := make(chan struct{})
+	ch := make(chan *Run, 1)
 	e.wmu.Lock()
 	if e.waiters == nil {
-		e.waiters = map[string]map[chan struct{}]bool{}
+		e.waiters = map[string]map[chan *Run]bool{}
 	}
 	if e.waiters[id] == nil {
-		e.waiters[id] = map[chan struct{}]bool{}
+		e.waiters[id] = map[chan *Run]bool{}
 	}
 	e.waiters[id][ch] = true
 	e.wmu.Unlock()
@@ -528,30 +540,44 @@ func (e *Engine) Wait(ctx context.Context, id string) (*Run, error) {
 		e.wmu.Unlock()
 	}()
 	delay := 20 * time.Millisecond
-	for {
-		r, err := e.Get(ctx, id)
-		if err != nil || r.Terminal() {
+	var r *Run
+	if e.cache.local(id) {
+		delay = 200 * time.Millisecond // its end will most likely be handed over
+	} else {
+		var err error
+		if r, err = e.Get(ctx, id); err != nil || r.Terminal() {
 			return r, err
 		}
+	}
+	for {
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			if r == nil {
+				r, _ = e.Get(context.WithoutCancel(ctx), id)
+			}
 			return r, ctx.Err()
-		case <-ch:
+		case ended := <-ch:
 			t.Stop()
-			ch = nil // read once more; later wake-ups come from polling
+			return ended, nil
 		case <-t.C:
+		}
+		var err error
+		if r, err = e.Get(ctx, id); err != nil || r.Terminal() {
+			return r, err
 		}
 		delay = min(delay*2, time.Second)
 	}
 }
 
-// ended wakes the callers of Wait for run id on this node.
-func (e *Engine) ended(id string) {
+// ended hands the final state of run id to the callers of Wait on this
+// node (each its own copy).
+func (e *Engine) ended(id string, r *Run) {
 	e.wmu.Lock()
 	for ch := range e.waiters[id] {
-		close(ch)
+		out := *r
+		ch <- &out
 	}
 	delete(e.waiters, id)
 	e.wmu.Unlock()

@@ -22,6 +22,7 @@ type work struct {
 	def    *Definition
 	execs  sync.WaitGroup
 	timers bool // an append of this turn set a timer (sleep, retry, wait timeout)
+	cached bool // run came from the cache and may be stale
 }
 
 func (e *Engine) newWork(id string) *work { return &work{e: e, id: id} }
@@ -82,6 +83,11 @@ func (w *work) commit(ctx context.Context, next func() decision, launch bool) er
 		}
 		version := w.run.Version
 		dec := next()
+		if len(dec.events) == 0 && w.cached {
+			// Nothing to do, by a state that may be stale: read the history.
+			w.run, w.cached = nil, false
+			continue
+		}
 		if len(dec.events) == 0 {
 			if launch {
 				w.launch(ctx, dec.execs) // only cancellations of child runs
@@ -98,7 +104,7 @@ func (w *work) commit(ctx context.Context, next func() decision, launch bool) er
 		}
 		res, err := w.e.o.Store.Append(ctx, Stream(w.id), eventstore.ExpectedVersion(version), evs)
 		if err != nil {
-			w.run = nil // the decision was applied to it: start again from the history
+			w.run, w.cached = nil, false // the decision was applied to it: start again from the history
 			if errors.Is(err, eventstore.ErrWrongVersion) && try < conflicts {
 				continue
 			}
@@ -134,7 +140,7 @@ func (w *work) observe(evs []pending) {
 			m.finished.WithLabelValues(name, r.Status).Inc()
 			m.duration.WithLabelValues(name, r.Status).Observe(time.Since(r.StartedAt).Seconds())
 			w.e.log.Debug("run ended", "run", w.id, "workflow", name, "status", r.Status, "error", r.Error)
-			w.e.ended(w.id)
+			w.e.ended(w.id, r)
 		}
 	}
 }
