@@ -211,6 +211,8 @@ func (c *Config) validateProjections() []issue {
 		path := "projections." + name
 		if !ValidIdent(name) {
 			is = append(is, issue{Issue: Issue{path, fmt.Sprintf("invalid projection name %q: use lower-case letters, digits and '_'", name)}})
+		} else if strings.HasPrefix(name, "junction_") {
+			is = append(is, issue{Issue: Issue{path, fmt.Sprintf("projection names starting with junction_ are Junction's own (junction_runs is the workflows' runs view): rename %q", name)}})
 		}
 		p := c.Projections[name]
 		if p == nil {
