@@ -61,6 +61,7 @@ type Config struct {
 	Projections     map[string]*Projection   `yaml:"projections"`
 	Gateway         Gateway                  `yaml:"gateway"`
 	Workflows       map[string]*Workflow     `yaml:"workflows"`
+	Pipelines       map[string]*Pipeline     `yaml:"pipelines"`
 }
 
 // Log configures slog output on stderr.
@@ -548,6 +549,7 @@ func (c *Config) validate() []issue {
 	is = append(is, c.validateProjections()...)
 	is = append(is, c.validateGateway()...)
 	is = append(is, c.validateWorkflows()...)
+	is = append(is, c.validatePipelines()...)
 	for name, t := range c.Topics {
 		p := "topics." + name
 		if !ValidTopicName(name) {

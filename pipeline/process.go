@@ -1,0 +1,120 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/junctionhq/junction/config"
+	"github.com/junctionhq/junction/expr"
+)
+
+type named struct {
+	name string
+	prg  *expr.Program
+}
+
+func compileFields(m map[string]string) ([]named, error) {
+	var out []named
+	for _, k := range sortedKeys(m) {
+		p, err := expr.Compile(m[k])
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", k, err)
+		}
+		out = append(out, named{k, p})
+	}
+	return out, nil
+}
+
+// filter keeps the records its condition accepts.
+type filter struct{ cond *expr.Program }
+
+func (f filter) Process(_ context.Context, r *Record) ([]*Record, error) {
+	ok, err := f.cond.EvalBool(map[string]any{"row": r.Fields})
+	if err != nil {
+		return nil, fmt.Errorf("%w: filter: %v", ErrRecord, err)
+	}
+	if !ok {
+		return nil, nil
+	}
+	return []*Record{r}, nil
+}
+
+// mapper builds a new record (replace) or adds fields to it (set).
+type mapper struct {
+	fields  []named
+	replace bool
+}
+
+func (m mapper) Process(_ context.Context, r *Record) ([]*Record, error) {
+	vars := map[string]any{"row": r.Fields}
+	out := make(map[string]any, len(m.fields)+len(r.Fields))
+	if !m.replace {
+		for k, v := range r.Fields {
+			out[k] = v
+		}
+	}
+	for _, f := range m.fields {
+		v, err := f.prg.Eval(vars)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrRecord, f.name, err)
+		}
+		out[f.name] = v
+	}
+	r.Fields = out
+	return []*Record{r}, nil
+}
+
+type remover []string
+
+func (rm remover) Process(_ context.Context, r *Record) ([]*Record, error) {
+	for _, k := range rm {
+		delete(r.Fields, k)
+	}
+	return []*Record{r}, nil
+}
+
+// splitter makes one record per element of a list.
+type splitter struct{ list *expr.Program }
+
+func (s splitter) Process(_ context.Context, r *Record) ([]*Record, error) {
+	v, err := s.list.Eval(map[string]any{"row": r.Fields})
+	if err != nil {
+		return nil, fmt.Errorf("%w: split: %v", ErrRecord, err)
+	}
+	items, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("%w: split yields %T, want a list", ErrRecord, v)
+	}
+	out := make([]*Record, len(items))
+	for i, it := range items {
+		m, ok := it.(map[string]any)
+		if !ok {
+			m = map[string]any{"value": it}
+		}
+		// Every part carries the position of the whole: it is done with
+		// when all are, which the batch's commit ensures.
+		out[i] = &Record{Fields: m, Pos: r.Pos}
+	}
+	return out, nil
+}
+
+func compileProcessor(p *config.PipelineProcess) (Processor, error) {
+	switch p.Kind() {
+	case "filter":
+		c, err := expr.CompileBool(p.Filter)
+		return filter{c}, err
+	case "map", "set":
+		m := p.Map
+		if p.Set != nil {
+			m = p.Set
+		}
+		fs, err := compileFields(m)
+		return mapper{fields: fs, replace: p.Map != nil}, err
+	case "remove":
+		return remover(p.Remove), nil
+	case "split":
+		c, err := expr.Compile(p.Split)
+		return splitter{c}, err
+	}
+	return nil, fmt.Errorf("unknown processor %q", p.Kind())
+}
