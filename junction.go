@@ -34,6 +34,7 @@ import (
 	"github.com/junctionhq/junction/internal/sqldb"
 	"github.com/junctionhq/junction/mesh"
 	"github.com/junctionhq/junction/observe"
+	"github.com/junctionhq/junction/pipeline"
 	"github.com/junctionhq/junction/projection"
 	"github.com/junctionhq/junction/workflow"
 )
@@ -65,6 +66,7 @@ type Node struct {
 	eventsDB  *sqldb.DB // the postgres event store's own database, when not n.db
 	views     *projection.Manager
 	workflows *workflow.Engine
+	pipelines *pipeline.Manager
 	bridges   *bridges
 	gateway   *gatewayServer
 	cfgFile   string               // the config's file, for Reload
@@ -206,6 +208,12 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	}); err != nil {
 		return nil, err
 	}
+	if n.pipelines, err = pipeline.New(ctx, pipeline.Options{Pipelines: cfg.Pipelines, Registerer: n.reg, Env: pipeline.Env{
+		DB: n.db, JS: n.nats.JS, Prefix: cfg.NATS.Prefix, Bus: n.bus, Events: n.events, Services: n.mesh, Stdout: os.Stdout, Logger: n.log,
+		Open: func(ctx context.Context, dsn string) (*sqldb.DB, error) { return sqldb.Open(ctx, dsn, cfg.DataDir) },
+	}}); err != nil {
+		return nil, err
+	}
 	if err := n.applyDeclared(ctx); err != nil {
 		return nil, err
 	}
@@ -328,6 +336,7 @@ func (n *Node) mount() {
 		runs = v
 	}
 	r.HandleAll((&workflow.API{Engine: n.workflows, Runs: runs, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
+	r.HandleAll((&pipeline.API{Manager: n.pipelines, MaxBodyBytes: n.cfg.API.MaxBodyBytes}).Routes())
 	r.Handle(httpserver.Route{Method: "GET", Path: "/healthz", Tag: "operations", Summary: "Liveness: the process serves HTTP", Handler: n.healthz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/readyz", Tag: "operations", Summary: "Readiness: NATS and SQL answer", Handler: n.readyz})
 	r.Handle(httpserver.Route{Method: "GET", Path: "/metrics", Tag: "operations", Summary: "Prometheus metrics",
@@ -384,6 +393,9 @@ func (n *Node) Views() *projection.Manager { return n.views }
 // and inspect them from Go.
 func (n *Node) Workflows() *workflow.Engine { return n.workflows }
 
+// Pipelines runs the node's pipelines.
+func (n *Node) Pipelines() *pipeline.Manager { return n.pipelines }
+
 // Events is the node's event store: the streams of /v1/streams and the
 // global log of /v1/events.
 func (n *Node) Events() eventstore.Store { return n.events }
@@ -420,6 +432,7 @@ func (n *Node) Run(ctx context.Context) error {
 	defer cancel()
 	n.stopBridges()            // they publish to the bus: stop them first
 	_ = n.workflows.Stop(sctx) // its steps publish and call: before the bus and mesh
+	n.pipelines.Stop(sctx)     // runs in progress keep their checkpoints
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); _ = n.bus.Stop(sctx) }()  // also ends open tails (n.stopping ends follows)
@@ -465,6 +478,9 @@ func (n *Node) close(ctx context.Context) {
 		n.stopBridges()
 		if n.workflows != nil {
 			_ = n.workflows.Stop(ctx) // a no-op after Run's
+		}
+		if n.pipelines != nil {
+			n.pipelines.Stop(ctx)
 		}
 		if n.mesh != nil {
 			_ = n.mesh.Stop(ctx) // a no-op after Run's

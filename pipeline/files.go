@@ -43,8 +43,24 @@ type fileInput struct {
 	lines  *bufio.Reader
 	dec    *json.Decoder
 	batch  int
-	// Size is the total size of the files, for progress.
-	size int64
+	size   int64 // of every file, for progress
+	before int64 // size of the files before the current one
+	offset int64 // bytes of the current file read
+}
+
+type countReader struct {
+	r io.Reader
+	n *int64
+}
+
+func (c countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	*c.n += int64(n)
+	return n, err
+}
+
+func (in *fileInput) progress() (done, total int64, unit string) {
+	return in.before + in.offset, in.size, "bytes"
 }
 
 // batchRecords is how many records an input hands out at a time.
@@ -82,8 +98,14 @@ func (in *fileInput) open() error {
 	if err != nil {
 		return err
 	}
-	in.f, in.closer, in.n = f, f, 0
-	var r io.Reader = f
+	in.f, in.closer, in.n, in.offset = f, f, 0, 0
+	in.before = 0
+	for _, p := range in.files[:in.idx] {
+		if st, err := os.Stat(p); err == nil {
+			in.before += st.Size()
+		}
+	}
+	var r io.Reader = countReader{f, &in.offset}
 	if strings.HasSuffix(path, ".gz") {
 		gz, err := gzip.NewReader(f)
 		if err != nil {

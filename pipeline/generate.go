@@ -59,5 +59,9 @@ func (g *generator) Next(ctx context.Context) ([]*Record, error) {
 	return out, nil
 }
 
+func (g *generator) progress() (done, total int64, unit string) {
+	return g.n, g.count, "records"
+}
+
 func (g *generator) Commit(context.Context, json.RawMessage) error { return nil }
 func (g *generator) Close() error                                  { return nil }

@@ -247,6 +247,9 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 		r.report = func(pr Progress) {
 			l.mu.Lock()
 			l.summary.Counters = pr.Counters
+			if pr.Total > 0 {
+				l.summary.Progress = &InputProgress{Done: pr.Done, Total: pr.Total, Unit: pr.Unit}
+			}
 			l.mu.Unlock()
 			if report != nil {
 				report(pr)

@@ -40,6 +40,17 @@ type Summary struct {
 	// Resumed says the run continued one that was interrupted.
 	Resumed bool   `json:"resumed,omitempty"`
 	Error   string `json:"error,omitempty"`
+	// Progress is how far through its input the run is, when the
+	// input's size is known.
+	Progress *InputProgress `json:"progress,omitempty"`
+}
+
+// InputProgress is Done of Total units (bytes of files, records of a
+// generator) of an input.
+type InputProgress struct {
+	Done  int64  `json:"done"`
+	Total int64  `json:"total"`
+	Unit  string `json:"unit"`
 }
 
 // Progress is what a run reports as it goes: counts, and how far through
@@ -48,12 +59,13 @@ type Summary struct {
 type Progress struct {
 	Counters
 	Done, Total int64
+	Unit        string
 	Elapsed     time.Duration
 }
 
 // sized is an input whose size is known.
 type sized interface {
-	progress() (done, total int64)
+	progress() (done, total int64, unit string)
 }
 
 // runner moves the records of one run.
@@ -236,7 +248,7 @@ func (r *runner) progress() {
 	}
 	p := Progress{Counters: r.c, Total: -1, Elapsed: time.Since(r.start)}
 	if s, ok := r.in.(sized); ok {
-		p.Done, p.Total = s.progress()
+		p.Done, p.Total, p.Unit = s.progress()
 	}
 	r.report(p)
 }

@@ -56,7 +56,7 @@ func newRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), validateCmd(stdout, stderr), publishCmd(stdin, stdout), tailCmd(stdout),
+	root.AddCommand(pipelineCmd(stdout, stderr), serveCmd(), validateCmd(stdout, stderr), publishCmd(stdin, stdout), tailCmd(stdout),
 		appendCmd(stdin, stdout), readCmd(stdout), runCmd(stdin, stdout), runsCmd(stdout, stderr), signalCmd(stdin), cancelCmd(),
 		versionCmd(stdout), caCmd(stdout))
 	return root

@@ -54,6 +54,8 @@ const (
 	CodeRunNotFound      Code = "run_not_found"
 	CodeRunEnded         Code = "run_ended"
 	CodeKeyReused        Code = "idempotency_key_reused"
+	CodePipelineNotFound Code = "pipeline_not_found"
+	CodePipelineRunning  Code = "pipeline_running"
 )
 
 var statusOf = map[Code]int{
@@ -93,6 +95,8 @@ var statusOf = map[Code]int{
 	CodeRunNotFound:      http.StatusNotFound,
 	CodeRunEnded:         http.StatusConflict,
 	CodeKeyReused:        http.StatusConflict,
+	CodePipelineNotFound: http.StatusNotFound,
+	CodePipelineRunning:  http.StatusConflict,
 }
 
 // Status returns the HTTP status that belongs to code.
