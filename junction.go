@@ -234,6 +234,7 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 		return nil, err
 	}
 	n.recoverRuns()
+	n.pipelines.Launch()
 	n.startWatch()
 	n.mount()
 	n.log.Info("junction started", "version", BuildVersion(), "api", n.listener.Addr().String(),

@@ -172,3 +172,43 @@ pipelines:
 	}
 	t.Logf("interrupted after %d records; the resumed run completed the 20000", g.Written)
 }
+
+// TestScheduledAndStreamingPipelines: a pipeline on a schedule runs at
+// each fire time; a streaming one runs until the manager stops.
+func TestScheduledAndStreamingPipelines(t *testing.T) {
+	e := env(t)
+	dir := t.TempDir()
+	m := manager(t, e, `
+pipelines:
+  ticks:
+    schedule: "@every 1s"
+    input: { generate: { count: 3, fields: { n: input.n } } }
+    output: { jsonl: { path: "`+dir+`/ticks.jsonl" } }
+  forever:
+    stream: true
+    input: { generate: { fields: { n: input.n } } }
+    batch: { count: 1000 }
+    output: { jsonl: { path: "`+dir+`/forever.jsonl" } }
+`)
+	m.Launch()
+	lines := func(f string) int {
+		b, _ := os.ReadFile(filepath.Join(dir, f))
+		return strings.Count(string(b), "\n")
+	}
+	testutil.Eventually(t, 20*time.Second, "two scheduled runs and a streaming one under way", func() bool {
+		return lines("ticks.jsonl") >= 6 && lines("forever.jsonl") >= 5000
+	})
+	var st pipeline.Status
+	for _, s := range m.Statuses(ctxT(t)) {
+		if s.Name == "forever" {
+			st = s
+		}
+	}
+	if st.Running == nil || st.Running.Status != "running" {
+		t.Errorf("the streaming pipeline: %+v", st)
+	}
+	m.Stop(ctxT(t))
+	if n := lines("ticks.jsonl"); n%3 != 0 {
+		t.Errorf("%d records from whole runs of 3", n)
+	}
+}

@@ -41,6 +41,7 @@ type Manager struct {
 	met  *metrics
 	mu   sync.Mutex
 	runs map[string]*liveRun // pipeline -> its run in progress
+	node string
 	ctx  context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -59,20 +60,33 @@ func (l *liveRun) snapshot() Summary {
 	return l.summary
 }
 
-// checkpoint is an interrupted run's state in the KV bucket.
+// checkpoint is a run's state in the KV bucket while it runs (and after
+// it was interrupted). Node and Beat say which node runs it, and when it
+// last said so: a checkpoint whose beat is older than staleAfter belongs
+// to a run that was interrupted (its node stopped or died), which the
+// next run resumes.
 type checkpoint struct {
 	RunID    string          `json:"run_id"`
 	Started  time.Time       `json:"started"`
 	Pos      json.RawMessage `json:"pos,omitempty"`
 	Counters Counters        `json:"counters"`
+	Node     string          `json:"node,omitempty"`
+	Beat     time.Time       `json:"beat,omitzero"`
 }
+
+// A running run's checkpoint is written at every batch and at least
+// every beatEvery; one not written for staleAfter is an interrupted run.
+const (
+	beatEvery  = 5 * time.Second
+	staleAfter = 20 * time.Second
+)
 
 // New prepares the pipelines' bucket; nothing runs until asked.
 func New(ctx context.Context, o Options) (*Manager, error) {
 	if o.Env.Logger == nil {
 		o.Env.Logger = slog.Default()
 	}
-	m := &Manager{o: o, log: o.Env.Logger.With("component", "pipeline"), runs: map[string]*liveRun{}, met: newMetrics(o.Registerer)}
+	m := &Manager{o: o, log: o.Env.Logger.With("component", "pipeline"), runs: map[string]*liveRun{}, met: newMetrics(o.Registerer), node: uuid.NewString()}
 	m.ctx, m.stop = context.WithCancel(context.Background())
 	if len(o.Pipelines) == 0 {
 		return m, nil
@@ -126,19 +140,12 @@ func (m *Manager) Start(ctx context.Context, name string, report func(Progress))
 	l := &liveRun{done: make(chan struct{})}
 	m.runs[name] = l
 	m.mu.Unlock()
-	ck, err := m.loadCheckpoint(ctx, name)
+	ck, err := m.claim(ctx, name)
 	if err != nil {
 		m.forget(name, l)
 		return Summary{}, err
 	}
-	resumed := ck != nil
-	if ck == nil {
-		ck = &checkpoint{RunID: uuid.Must(uuid.NewV7()).String(), Started: time.Now().UTC()}
-		if err := m.saveCheckpoint(ctx, name, ck); err != nil {
-			m.forget(name, l)
-			return Summary{}, err
-		}
-	}
+	resumed := ck.Pos != nil || ck.Counters != (Counters{})
 	l.summary = Summary{Pipeline: name, RunID: ck.RunID, Status: "running", Counters: ck.Counters, Started: ck.Started, Resumed: resumed}
 	rctx, cancel := context.WithCancel(m.ctx)
 	l.cancel = cancel
@@ -187,6 +194,22 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 	env := m.o.Env
 	env.Pipeline = name
 	start := time.Now()
+	var ckMu sync.Mutex // the checkpoint is saved by batches and by the beat
+	beatDone := make(chan struct{})
+	go func() {
+		t := time.NewTicker(beatEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-beatDone:
+				return
+			case <-t.C:
+				ckMu.Lock()
+				_ = m.saveCheckpoint(ctx, name, ck)
+				ckMu.Unlock()
+			}
+		}
+	}()
 	err := func() (err error) {
 		in, err := buildInput(ctx, &env, p.Input, ck.Pos)
 		if err != nil {
@@ -238,10 +261,12 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 		r.save = func(ctx context.Context, pos json.RawMessage, c Counters) error {
 			m.met.add(name, prev, c)
 			prev = c
-			ck.Pos, ck.Counters = pos, c
 			l.mu.Lock()
 			l.summary.Counters = c
 			l.mu.Unlock()
+			ckMu.Lock()
+			defer ckMu.Unlock()
+			ck.Pos, ck.Counters = pos, c
 			return m.saveCheckpoint(ctx, name, ck)
 		}
 		r.report = func(pr Progress) {
@@ -257,6 +282,9 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 		}
 		return r.run(ctx)
 	}()
+	close(beatDone)
+	ckMu.Lock() // no beat may write the checkpoint after it is cleared
+	defer ckMu.Unlock()
 	l.mu.Lock()
 	s := &l.summary
 	s.Ended = time.Now().UTC()
@@ -282,7 +310,14 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 	if err := m.saveSummary(bg, final); err != nil {
 		m.log.Warn("pipeline: saving the run's summary", "pipeline", name, "err", err)
 	}
-	if final.Status != "interrupted" {
+	if final.Status == "interrupted" {
+		// Released: the next run, on any node, resumes it at once.
+		ck.Node, ck.Beat = "", time.Time{}
+		b, _ := json.Marshal(ck)
+		if _, err := m.kv.Put(bg, "ck."+name, b); err != nil {
+			m.log.Warn("pipeline: releasing the checkpoint", "pipeline", name, "err", err)
+		}
+	} else {
 		// A failed run is not resumed: the next run starts over.
 		if err := m.kv.Delete(bg, "ck."+name); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 			m.log.Warn("pipeline: clearing the checkpoint", "pipeline", name, "err", err)
@@ -294,10 +329,24 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 	close(l.done)
 }
 
-func (m *Manager) loadCheckpoint(ctx context.Context, name string) (*checkpoint, error) {
-	e, err := m.kv.Get(ctx, "ck."+name)
+// claim makes this node the runner of pipeline name's next run: a new
+// one, or the interrupted one, whose checkpoint it takes over. Two nodes
+// claiming at once (a schedule firing on both) race on the key's
+// revision, and one gets ErrRunning.
+func (m *Manager) claim(ctx context.Context, name string) (*checkpoint, error) {
+	key := "ck." + name
+	now := time.Now().UTC()
+	e, err := m.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
+		ck := &checkpoint{RunID: uuid.Must(uuid.NewV7()).String(), Started: now, Node: m.node, Beat: now}
+		b, _ := json.Marshal(ck)
+		if _, err := m.kv.Create(ctx, key, b); err != nil {
+			if errors.Is(err, jetstream.ErrKeyExists) {
+				return nil, fmt.Errorf("%w: another node started a run of %s just now", ErrRunning, name)
+			}
+			return nil, err
+		}
+		return ck, nil
 	}
 	if err != nil {
 		return nil, err
@@ -306,10 +355,19 @@ func (m *Manager) loadCheckpoint(ctx context.Context, name string) (*checkpoint,
 	if err := json.Unmarshal(e.Value(), &ck); err != nil {
 		return nil, fmt.Errorf("checkpoint of %s: %w", name, err)
 	}
+	if ck.Node != m.node && now.Sub(ck.Beat) < staleAfter {
+		return nil, fmt.Errorf("%w: run %s on another node", ErrRunning, ck.RunID)
+	}
+	ck.Node, ck.Beat = m.node, now
+	b, _ := json.Marshal(ck)
+	if _, err := m.kv.Update(ctx, key, b, e.Revision()); err != nil {
+		return nil, fmt.Errorf("%w: another node resumed run %s just now", ErrRunning, ck.RunID)
+	}
 	return &ck, nil
 }
 
 func (m *Manager) saveCheckpoint(ctx context.Context, name string, ck *checkpoint) error {
+	ck.Beat = time.Now().UTC()
 	b, err := json.Marshal(ck)
 	if err != nil {
 		return err
