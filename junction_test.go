@@ -32,7 +32,7 @@ var contract = []string{
 	"GET /v1/views/{view}/{key}", "GET /v1/views/{view}",
 	"GET /v1/workflows", "POST /v1/workflows/{workflow}/runs", "GET /v1/runs", "GET /v1/runs/{id}",
 	"GET /v1/runs/{id}/history", "POST /v1/runs/{id}/signals/{signal}", "POST /v1/runs/{id}/cancel",
-	"GET /v1/pipelines", "POST /v1/pipelines/{name}/runs", "GET /v1/pipelines/{name}/runs/{id}",
+	"GET /v1/pipelines", "POST /v1/pipelines/{name}/runs", "GET /v1/pipelines/{name}/runs/{id}", "POST /v1/pipelines/{name}/records",
 }
 
 func TestOpenAPICoversEveryRoute(t *testing.T) {

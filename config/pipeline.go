@@ -360,10 +360,6 @@ func (c *Config) validatePipelines() []issue {
 			for _, f := range sortedNames(g.Fields) {
 				c.cel(path+".input.generate.fields."+f, g.Fields[f], false)
 			}
-		case k == "sql":
-			if strings.TrimSpace(p.Input.SQL.Query) == "" {
-				add(".input.sql.query", "an sql input needs a query")
-			}
 		default:
 			if f := inputChecks[k]; f != nil {
 				is = append(is, f(p.Input, c, path+".input."+k)...)

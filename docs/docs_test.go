@@ -20,7 +20,8 @@ package docs_test
 //     wherever the document uses it.
 //   - A ```yaml block whose first line is "# junction.yaml" is the config
 //     of the node the document runs against (the test gives it its own
-//     data dir and API address). A ```yaml block whose first line is
+//     data dir and API address); ${WORK_DIR} in it is the blocks'
+//     working directory. A ```yaml block whose first line is
 //     "# NAME.yaml" is written to NAME.yaml in the working directory
 //     before the next ```sh block runs. What a block leaves running in
 //     the background is stopped (SIGTERM, then SIGKILL) when the
@@ -309,12 +310,20 @@ func newRunner(t *testing.T, file string, blocks []block, steps []*step) *runner
 		addrs.m[a] = hostPort(newApp(t).URL)
 	}
 	cfg := testutil.Config(t, testutil.Embedded)
+	dir := t.TempDir()
+	// ${WORK_DIR} in the node's config is the examples' working directory.
+	workDir := func(k string) (string, bool) {
+		if k == "WORK_DIR" {
+			return dir, true
+		}
+		return "", false
+	}
 	for _, b := range blocks {
 		if b.lang != "yaml" || fileName(b) != "junction.yaml" {
 			continue
 		}
 		// The document's own node config, on the test's addresses.
-		c, err := config.Parse(file, []byte(strings.Repeat("\n", b.line)+addrs.rewrite(b.text)), noEnv)
+		c, err := config.Parse(file, []byte(strings.Repeat("\n", b.line)+addrs.rewrite(b.text)), workDir)
 		if err != nil {
 			t.Fatalf("%s:%d: %v", file, b.line, err)
 		}
@@ -324,7 +333,7 @@ func newRunner(t *testing.T, file string, blocks []block, steps []*step) *runner
 	node := testutil.Start(t, cfg)
 	addrs.m[docAPI] = node.Addr()
 	awaitHealthChecks(t, node)
-	r := &runner{t: t, dir: t.TempDir(), addrs: addrs, hook: hook, path: os.Getenv("PATH")}
+	r := &runner{t: t, dir: dir, addrs: addrs, hook: hook, path: os.Getenv("PATH")}
 	for _, s := range steps {
 		if junctionCommand.MatchString(s.script) {
 			r.path = filepath.Dir(testutil.Binary(t)) + string(os.PathListSeparator) + r.path

@@ -41,6 +41,7 @@ func (a *API) Routes() []httpserver.Route {
 	return []httpserver.Route{
 		{Method: "GET", Path: "/v1/pipelines", Tag: "pipelines", Summary: "Every pipeline: its input and output, its run in progress and its last run", Response: obj{"type": "object", "properties": obj{"pipelines": obj{"type": "array", "items": statusSchema}}}, Handler: a.list},
 		{Method: "POST", Path: "/v1/pipelines/{name}/runs", Tag: "pipelines", Summary: "Start a run (resuming an interrupted one); wait=DURATION answers when it ends (or the wait does)", Query: []string{"wait"}, Status: 202, Response: summarySchema, Handler: a.start},
+		{Method: "POST", Path: "/v1/pipelines/{name}/records", Tag: "pipelines", Summary: "Hand records (a JSON object, an array of objects, or JSON lines) to the running pipeline's http_server input; answers when they are written (or dead-lettered)", Request: obj{"description": "a JSON object, an array of objects, or JSON lines"}, Response: obj{"type": "object", "properties": obj{"accepted": obj{"type": "integer"}}}, Handler: a.records},
 		{Method: "GET", Path: "/v1/pipelines/{name}/runs/{id}", Tag: "pipelines", Summary: "A run's summary: status and counters (read, written, filtered, failed, dead_lettered), rate; live while it runs", Query: []string{"wait"}, Response: summarySchema, Handler: a.get},
 	}
 }
@@ -106,6 +107,35 @@ func (a *API) answer(w http.ResponseWriter, r *http.Request, name string, s Summ
 		status = http.StatusAccepted
 	}
 	httpserver.WriteJSON(w, status, s)
+}
+
+func (a *API) records(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := a.Manager.Config(name); err != nil {
+		problem.Write(w, r, problemOf(err))
+		return
+	}
+	recs, err := DecodeRecords(http.MaxBytesReader(w, r.Body, a.MaxBodyBytes))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			problem.Write(w, r, problem.From(err))
+			return
+		}
+		problem.Write(w, r, problem.New(problem.CodeBadJSON, "%v", err))
+		return
+	}
+	if err := a.Manager.o.Env.Receiver.Post(r.Context(), name, recs); err != nil {
+		if errors.Is(err, ErrNotRunning) {
+			p := problem.New(problem.CodeUnavailable, "%v", err)
+			p.RetryAfter = time.Second
+			problem.Write(w, r, p)
+			return
+		}
+		problem.Write(w, r, err)
+		return
+	}
+	httpserver.WriteJSON(w, http.StatusOK, obj{"accepted": len(recs)})
 }
 
 func (a *API) get(w http.ResponseWriter, r *http.Request) {

@@ -21,7 +21,10 @@ type Env struct {
 	// Pipeline names the pipeline the component serves (for durable
 	// names: subscriptions, consumer groups, KV keys).
 	Pipeline string
-	DB       *sqldb.DB
+	// Stream is set for a continuous pipeline: an input that could end
+	// (the event log) follows instead.
+	Stream bool
+	DB     *sqldb.DB
 	// Open opens another database (postgres://..., sqlite:PATH).
 	Open   func(ctx context.Context, dsn string) (*sqldb.DB, error)
 	JS     jetstream.JetStream
@@ -143,7 +146,9 @@ type (
 	}
 	// Router is a processor that sends some records to other outputs (a
 	// switch): Outputs lists them, and a record's Route is the index in
-	// that list plus one (0 is the pipeline's output).
+	// that list plus one (0: it goes on to the pipeline's output). The
+	// runner maps it to its place among every router's outputs, and the
+	// first router to route a record decides.
 	Router interface {
 		Outputs() []*config.PipelineOutput
 	}

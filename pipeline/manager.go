@@ -192,7 +192,7 @@ func (m *Manager) Wait(ctx context.Context, name, id string) (Summary, error) {
 
 func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, ck *checkpoint, l *liveRun, report func(Progress)) {
 	env := m.o.Env
-	env.Pipeline = name
+	env.Pipeline, env.Stream = name, p.Stream
 	start := time.Now()
 	var ckMu sync.Mutex // the checkpoint is saved by batches and by the beat
 	beatDone := make(chan struct{})
@@ -240,6 +240,10 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 				closers = append(closers, c.Close)
 			}
 			if rt, ok := pr.(Router); ok {
+				if r.base == nil {
+					r.base = map[int]int{}
+				}
+				r.base[i] = len(r.outs)
 				for _, oc := range rt.Outputs() {
 					o, err := buildOutput(ctx, &env, oc)
 					if err != nil {

@@ -10,28 +10,36 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/internal/sqldb"
 )
 
-// sqlOutput writes records as rows, each batch in one transaction with
-// one prepared statement: insert, or upsert on the key.
+// sqlOutput writes records as rows, each batch in one transaction:
+// insert, or upsert on the key. SQLite runs one prepared statement per
+// row; PostgreSQL inserts with COPY and upserts with multi-row INSERT
+// ... ON CONFLICT (see sqlcopy.go); MySQL and MariaDB use multi-row
+// INSERT [... ON DUPLICATE KEY UPDATE].
 type sqlOutput struct {
 	db      *sqldb.DB
 	cfg     *config.SQLOutput
 	columns []string
 	stmt    string
+	// pg are the column types for COPY; nil when the table has a column
+	// COPY cannot encode (then inserts are multi-row INSERTs).
+	pg       *pgColumns
+	prepared bool
 }
 
 func newSQLOutput(db *sqldb.DB, cfg *config.SQLOutput) *sqlOutput {
 	return &sqlOutput{db: db, cfg: cfg, columns: cfg.Columns}
 }
 
-func (o *sqlOutput) prepare(first *Record) {
+func (o *sqlOutput) prepare(ctx context.Context, first *Record) error {
 	if o.columns == nil {
 		o.columns = sortedKeys(first.Fields)
 	}
@@ -43,21 +51,21 @@ func (o *sqlOutput) prepare(first *Record) {
 			ph[i] = "?"
 		}
 	}
-	q := fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", o.cfg.Table, strings.Join(o.columns, ", "), strings.Join(ph, ", "))
-	if o.cfg.Mode == "upsert" {
-		var set []string
-		for _, c := range o.columns {
-			if !slices.Contains(o.cfg.Key, c) {
-				set = append(set, fmt.Sprintf("%s = excluded.%s", c, c))
+	o.stmt = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s)", o.cfg.Table, strings.Join(o.columns, ", "), strings.Join(ph, ", ")) + o.upsertClause()
+	if o.db.Dialect == "postgres" && o.cfg.Mode != "upsert" {
+		err := withPgx(ctx, o.db.DB, func(c *pgx.Conn) error {
+			pc, err := pgColumnTypes(ctx, c, o.cfg.Table, o.columns)
+			if err == nil && pc.copyable() {
+				o.pg = pc
 			}
-		}
-		if len(set) == 0 {
-			q += fmt.Sprintf(" ON CONFLICT (%s) DO NOTHING", strings.Join(o.cfg.Key, ", "))
-		} else {
-			q += fmt.Sprintf(" ON CONFLICT (%s) DO UPDATE SET %s", strings.Join(o.cfg.Key, ", "), strings.Join(set, ", "))
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", o.cfg.Table, err)
 		}
 	}
-	o.stmt = q
+	o.prepared = true
+	return nil
 }
 
 func sqlValue(v any) any {
@@ -73,8 +81,16 @@ func (o *sqlOutput) Write(ctx context.Context, recs []*Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	if o.stmt == "" {
-		o.prepare(recs[0])
+	if !o.prepared {
+		if err := o.prepare(ctx, recs[0]); err != nil {
+			return err
+		}
+	}
+	switch {
+	case o.pg != nil:
+		return o.pgCopy(ctx, recs)
+	case o.db.Dialect == "postgres" || o.db.Dialect == "mysql":
+		return o.writeMulti(ctx, recs)
 	}
 	tx, err := o.db.DB.BeginTx(ctx, nil)
 	if err != nil {

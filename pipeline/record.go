@@ -27,6 +27,8 @@ type Record struct {
 	// output, i for the i-th output of the Router processors (counting
 	// from 1, in processor order).
 	Route int
+	// routed says Route is already global (the runner resolved it).
+	routed bool
 }
 
 // Input produces records. Next returns the next records (io.EOF at the

@@ -73,7 +73,10 @@ type runner struct {
 	in    Input
 	procs []Processor
 	// outs are the pipeline's output, then the Router processors'.
-	outs   []Output
+	outs []Output
+	// base maps a Router processor's index to the index in outs of its
+	// first output.
+	base   map[int]int
 	dead   Output // nil: dead letters are counted and dropped
 	batch  config.PipelineBatch
 	c      Counters
@@ -152,6 +155,7 @@ func (r *runner) run(ctx context.Context) error {
 					return err
 				}
 			}
+			pos = nil // committed: a flush with no new record commits nothing
 		}
 		dead, size, bytes, first = dead[:0], 0, 0, time.Time{}
 		r.progress()
@@ -256,7 +260,8 @@ func (r *runner) progress() {
 // process runs a record through the processors from the i-th on.
 func (r *runner) process(ctx context.Context, rec *Record, from int) ([]*Record, error) {
 	recs := []*Record{rec}
-	for _, p := range r.procs[from:] {
+	for k := from; k < len(r.procs); k++ {
+		p := r.procs[k]
 		var next []*Record
 		for _, x := range recs {
 			out, err := p.Process(ctx, x)
@@ -264,6 +269,15 @@ func (r *runner) process(ctx context.Context, rec *Record, from int) ([]*Record,
 				return nil, err
 			}
 			next = append(next, out...)
+		}
+		if b, ok := r.base[k]; ok {
+			// The router numbers its own outputs from 1; the first
+			// router to route a record decides where it goes.
+			for _, x := range next {
+				if x.Route > 0 && !x.routed {
+					x.Route, x.routed = b+x.Route-1, true
+				}
+			}
 		}
 		if recs = next; len(recs) == 0 {
 			return nil, nil

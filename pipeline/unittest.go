@@ -27,6 +27,7 @@ type DeadRecord struct {
 // without its input or output: the engine of `junction pipeline test`.
 func Process(ctx context.Context, env *Env, p *config.Pipeline, input []map[string]any) (*Processed, error) {
 	r := &runner{}
+	routes := 1 // the switch routes are numbered from 1, in processor order
 	for i, pc := range p.Processors {
 		pr, err := buildProcessor(ctx, env, pc)
 		if err != nil {
@@ -34,6 +35,13 @@ func Process(ctx context.Context, env *Env, p *config.Pipeline, input []map[stri
 		}
 		if c, ok := pr.(Closer); ok {
 			defer c.Close()
+		}
+		if rt, ok := pr.(Router); ok {
+			if r.base == nil {
+				r.base = map[int]int{}
+			}
+			r.base[i] = routes
+			routes += len(rt.Outputs())
 		}
 		r.procs = append(r.procs, pr)
 	}

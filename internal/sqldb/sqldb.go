@@ -1,5 +1,7 @@
 // Package sqldb opens Junction's SQL database: SQLite in the data dir by
-// default (modernc.org/sqlite, no cgo) or PostgreSQL (pgx) by DSN.
+// default (modernc.org/sqlite, no cgo) or PostgreSQL (pgx) by DSN; and,
+// for pipelines that read or write them, MySQL and MariaDB
+// (mysql://user:pass@tcp(host:port)/db).
 package sqldb
 
 import (
@@ -9,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 	_ "modernc.org/sqlite"             // registers "sqlite"
 )
@@ -16,7 +19,7 @@ import (
 // DB is an open database with its dialect.
 type DB struct {
 	*sql.DB
-	Dialect string // sqlite or postgres
+	Dialect string // sqlite, postgres or mysql
 }
 
 // Open opens dsn, or SQLite at dataDir/junction.db when dsn is empty.
@@ -27,6 +30,12 @@ func Open(ctx context.Context, dsn, dataDir string) (*DB, error) {
 		conn = filepath.Join(dataDir, "junction.db")
 	case strings.HasPrefix(dsn, "sqlite:"):
 		conn = strings.TrimPrefix(dsn, "sqlite:")
+	case strings.HasPrefix(dsn, "mysql://") || strings.HasPrefix(dsn, "mariadb://"):
+		c, err := mysqlConfig(dsn)
+		if err != nil {
+			return nil, err
+		}
+		driver, conn, dialect = "mysql", c, "mysql"
 	default:
 		driver, conn, dialect = "pgx", dsn, "postgres"
 	}
@@ -54,4 +63,17 @@ func Open(ctx context.Context, dsn, dataDir string) (*DB, error) {
 func (d *DB) Ready(ctx context.Context) error {
 	var one int
 	return d.QueryRowContext(ctx, "SELECT 1").Scan(&one)
+}
+
+// mysqlConfig turns mysql://user:pass@tcp(host:port)/db?params (or
+// mariadb://...) into the driver's DSN, with times parsed into time.Time
+// and kept in UTC.
+func mysqlConfig(dsn string) (string, error) {
+	rest := dsn[strings.Index(dsn, "://")+3:]
+	c, err := mysql.ParseDSN(rest)
+	if err != nil {
+		return "", fmt.Errorf("mysql dsn: %w", err)
+	}
+	c.ParseTime = true
+	return c.FormatDSN(), nil
 }

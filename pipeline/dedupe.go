@@ -1,0 +1,159 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/junctionhq/junction/config"
+	"github.com/junctionhq/junction/expr"
+)
+
+func init() {
+	processors["dedupe"] = func(ctx context.Context, env *Env, cfg *config.PipelineProcess) (Processor, error) {
+		return newDeduper(ctx, env, cfg.Dedupe)
+	}
+}
+
+// deduper drops a record whose key was first seen less than Window ago
+// (processing time). The keys live in the JetStream KV bucket
+// <prefix>_pipeline_dedupe, so they survive restarts and resumed runs:
+// each entry's key is the pipeline, a hash of the key expression (so
+// that two dedupes of a pipeline on different keys do not meet) and a
+// hash of the record's key; its value is when the key was first seen. A
+// key seen again after the window counts as new, and its time is reset;
+// the bucket's age limit (the longest window of any dedupe, only ever
+// raised) removes old keys.
+//
+// The check and the record of a key are one step (create, or update at
+// the revision read), so that two runs of a pipeline cannot both let a
+// key through. A key is recorded when its record passes the dedupe, not
+// when the output writes it: a run that fails after the dedupe and is
+// resumed drops the records it had let through as duplicates. Keep the
+// window short against the pipeline's retry horizon, or put the dedupe
+// after processors that may refuse the records.
+type deduper struct {
+	key    *expr.Program
+	window time.Duration
+	kv     jetstream.KeyValue
+	prefix string // pipeline and expression hash, with a trailing dot
+	now    func() time.Time
+}
+
+const dedupeBucketSuffix = "_pipeline_dedupe"
+
+func newDeduper(ctx context.Context, env *Env, d *config.DedupeProcess) (*deduper, error) {
+	if d == nil || strings.TrimSpace(d.Key) == "" {
+		return nil, fmt.Errorf("dedupe: needs key")
+	}
+	if d.Window <= 0 {
+		return nil, fmt.Errorf("dedupe: needs a positive window")
+	}
+	if env.JS == nil {
+		return nil, fmt.Errorf("dedupe: needs JetStream")
+	}
+	key, err := expr.Compile(d.Key)
+	if err != nil {
+		return nil, fmt.Errorf("dedupe: key: %w", err)
+	}
+	kv, err := dedupeBucket(ctx, env.JS, env.Prefix+dedupeBucketSuffix, d.Window.D())
+	if err != nil {
+		return nil, fmt.Errorf("dedupe: %w", err)
+	}
+	pipeline := env.Pipeline
+	if pipeline == "" {
+		pipeline = "_"
+	}
+	h := sha256.Sum256([]byte(d.Key))
+	return &deduper{key: key, window: d.Window.D(), kv: kv, prefix: pipeline + "." + hex.EncodeToString(h[:6]) + ".", now: time.Now}, nil
+}
+
+// dedupeBucket opens the bucket, creating it or raising its age limit
+// to window (never lowering it: other pipelines may need more).
+func dedupeBucket(ctx context.Context, js jetstream.JetStream, bucket string, window time.Duration) (jetstream.KeyValue, error) {
+	cfg := jetstream.KeyValueConfig{Bucket: bucket, History: 1, TTL: window,
+		Description: "Junction pipelines: keys seen by dedupe processors, with when they were first seen"}
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, bucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", bucket, err)
+	}
+	if ttl := st.TTL(); ttl != 0 && ttl < window {
+		if kv, err = js.UpdateKeyValue(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("bucket %s: raising its age limit to %s: %w", bucket, window, err)
+		}
+	}
+	return kv, nil
+}
+
+func (d *deduper) Process(ctx context.Context, r *Record) ([]*Record, error) {
+	k, err := d.key.EvalString(map[string]any{"row": r.Fields})
+	if err != nil {
+		return nil, fmt.Errorf("%w: dedupe: key: %v", ErrRecord, err)
+	}
+	h := sha256.Sum256([]byte(k))
+	key := d.prefix + hex.EncodeToString(h[:16])
+	dup, err := d.seen(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("dedupe: %w", err)
+	}
+	if dup {
+		return nil, nil
+	}
+	return []*Record{r}, nil
+}
+
+// seen records key as seen now unless it was seen within the window,
+// and says which.
+func (d *deduper) seen(ctx context.Context, key string) (bool, error) {
+	for attempt := 0; ; attempt++ {
+		if attempt == 5 {
+			return false, fmt.Errorf("key %s: changed by another run at each of %d attempts", key, attempt)
+		}
+		now := d.now()
+		val := []byte(strconv.FormatInt(now.UnixNano(), 10))
+		_, err := d.kv.Create(ctx, key, val)
+		if err == nil {
+			return false, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return false, err
+		}
+		e, err := d.kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // expired in between: create it again
+		}
+		if err != nil {
+			return false, err
+		}
+		first, perr := strconv.ParseInt(string(e.Value()), 10, 64)
+		if perr == nil && now.Sub(time.Unix(0, first)) < d.window {
+			return true, nil
+		}
+		// Seen longer ago than the window: a new first sighting.
+		_, err = d.kv.Update(ctx, key, val, e.Revision())
+		if err == nil {
+			return false, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return false, err
+		}
+		// Another run recorded it meanwhile: look again.
+	}
+}
