@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"cel.dev/cel-go/cel"
+	"cel.dev/cel-go/common/cost"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/common/types/traits"
@@ -72,12 +73,33 @@ func compile(src string, want *cel.Type) (*Program, error) {
 	if t := ast.OutputType(); want != nil && !t.IsAssignableType(want) && t != cel.DynType {
 		return nil, fmt.Errorf("expression must yield a %s, it yields %s", want, t)
 	}
-	prg, err := e.Program(ast, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(1_000_000))
+	// The cost limit stops an expression that would run away (a
+	// comprehension over a huge list). Tracking it costs an allocation
+	// and a check per step of every evaluation, so it is only set when
+	// the expression's static worst case could exceed it: one without
+	// comprehensions over unknown sizes is bounded by its own size.
+	opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
+	if est, err := e.EstimateCost(ast, unknownSizes{}); err != nil || est.Max > costLimit {
+		opts = append(opts, cel.CostLimit(costLimit))
+	}
+	prg, err := e.Program(ast, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("invalid expression: %w", err)
 	}
 	return &Program{src: src, prg: prg}, nil
 }
+
+// costLimit bounds the work of one evaluation (in CEL's cost units).
+const costLimit = 1_000_000
+
+// unknownSizes leaves every size and call cost to CEL's defaults, which
+// take a list or string of unknown size as unbounded.
+type unknownSizes struct{}
+
+func (unknownSizes) EstimateCallCost(string, string, *cost.AstNode, []cost.AstNode) *cost.CallEstimate {
+	return nil
+}
+func (unknownSizes) EstimateSize(cost.AstNode) *cost.SizeEstimate { return nil }
 
 // ErrNotBool is returned when a dynamically typed expression yields a
 // non-boolean value.

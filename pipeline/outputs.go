@@ -103,11 +103,19 @@ func (o *sqlOutput) Write(ctx context.Context, recs []*Record) error {
 	}
 	defer st.Close()
 	args := make([]any, len(o.columns))
-	for _, r := range recs {
+	// SQLite's driver watches a cancellable context with a goroutine per
+	// statement (a third of the cost of a row); the rows of one batch
+	// are bounded work, so they run without one, and ctx is checked
+	// between them.
+	rowCtx := context.WithoutCancel(ctx)
+	for n, r := range recs {
+		if n%256 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
 		for i, c := range o.columns {
 			args[i] = sqlValue(r.Fields[c])
 		}
-		if _, err := st.ExecContext(ctx, args...); err != nil {
+		if _, err := st.ExecContext(rowCtx, args...); err != nil {
 			return fmt.Errorf("%s: %w", o.cfg.Table, err)
 		}
 	}
