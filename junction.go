@@ -208,7 +208,11 @@ func New(ctx context.Context, cfg *config.Config, opts ...Option) (_ *Node, err 
 	}); err != nil {
 		return nil, err
 	}
-	if n.pipelines, err = pipeline.New(ctx, pipeline.Options{Pipelines: cfg.Pipelines, Registerer: n.reg, Env: pipeline.Env{
+	nodeID, err := natsembed.NodeID(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if n.pipelines, err = pipeline.New(ctx, pipeline.Options{Pipelines: cfg.Pipelines, Registerer: n.reg, NodeID: nodeID, Env: pipeline.Env{
 		DB: n.db, JS: n.nats.JS, Prefix: cfg.NATS.Prefix, Bus: n.bus, Events: n.events, Services: n.mesh, Stdout: os.Stdout, Logger: n.log,
 		HTTP: http.DefaultTransport, Receiver: pipeline.NewReceiver(),
 		Open: func(ctx context.Context, dsn string) (*sqldb.DB, error) { return sqldb.Open(ctx, dsn, cfg.DataDir) },

@@ -27,7 +27,11 @@ var (
 
 // Options configure a Manager.
 type Options struct {
-	Pipelines  map[string]*config.Pipeline
+	Pipelines map[string]*config.Pipeline
+	// NodeID names this node in run claims; a node that restarts with
+	// the same id takes its interrupted runs back at once (another node
+	// waits until their checkpoint is stale). Default: a random id.
+	NodeID     string
 	Env        Env
 	Registerer prometheus.Registerer
 }
@@ -86,7 +90,10 @@ func New(ctx context.Context, o Options) (*Manager, error) {
 	if o.Env.Logger == nil {
 		o.Env.Logger = slog.Default()
 	}
-	m := &Manager{o: o, log: o.Env.Logger.With("component", "pipeline"), runs: map[string]*liveRun{}, met: newMetrics(o.Registerer), node: uuid.NewString()}
+	m := &Manager{o: o, log: o.Env.Logger.With("component", "pipeline"), runs: map[string]*liveRun{}, met: newMetrics(o.Registerer), node: o.NodeID}
+	if m.node == "" {
+		m.node = uuid.NewString()
+	}
 	m.ctx, m.stop = context.WithCancel(context.Background())
 	if len(o.Pipelines) == 0 {
 		return m, nil
