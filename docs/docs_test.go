@@ -104,6 +104,7 @@ func TestDocs(t *testing.T) {
 		{"cqrs.md", ""},
 		{"gateway.md", ""},
 		{"workflows.md", ""},
+		{"pipelines.md", ""},
 		{"../README.md", "tour"},
 	}
 	for _, d := range docs {
