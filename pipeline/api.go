@@ -58,24 +58,12 @@ func problemOf(err error) error {
 	return err
 }
 
-func waitParam(r *http.Request) (time.Duration, error) {
-	s := r.URL.Query().Get("wait")
-	if s == "" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, problem.New(problem.CodeBadRequest, "wait must be a duration such as 30s, got %q", s)
-	}
-	return min(d, MaxWait), nil
-}
-
 func (a *API) list(w http.ResponseWriter, r *http.Request) {
 	httpserver.WriteJSON(w, http.StatusOK, obj{"pipelines": a.Manager.Statuses(r.Context())})
 }
 
 func (a *API) start(w http.ResponseWriter, r *http.Request) {
-	wait, err := waitParam(r)
+	wait, err := httpserver.WaitParam(r, MaxWait)
 	if err != nil {
 		problem.Write(w, r, err)
 		return
@@ -139,7 +127,7 @@ func (a *API) records(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) get(w http.ResponseWriter, r *http.Request) {
-	wait, err := waitParam(r)
+	wait, err := httpserver.WaitParam(r, MaxWait)
 	if err != nil {
 		problem.Write(w, r, err)
 		return

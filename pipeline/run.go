@@ -178,16 +178,22 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		return nil
 	}
-	tick := func() error {
+	// release runs on what the processors that hold records let go of
+	// (by Tick, or End at the end of the input).
+	release := func(end bool) error {
 		for i, p := range r.procs {
-			if t, ok := p.(Ticker); ok {
-				recs, err := t.Tick(ctx)
-				if err != nil {
-					return err
-				}
-				if err := emit(i, recs); err != nil {
-					return err
-				}
+			var held []*Record
+			var err error
+			if t, ok := p.(Ticker); ok && !end {
+				held, err = t.Tick(ctx)
+			} else if e, ok := p.(Ender); ok && end {
+				held, err = e.End(ctx)
+			}
+			if err != nil {
+				return err
+			}
+			if err := emit(i, held); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -198,16 +204,8 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		recs, err := r.in.Next(ctx)
 		if errors.Is(err, io.EOF) {
-			for i, p := range r.procs {
-				if e, ok := p.(Ender); ok {
-					recs, err := e.End(ctx)
-					if err != nil {
-						return err
-					}
-					if err := emit(i, recs); err != nil {
-						return err
-					}
-				}
+			if err := release(true); err != nil {
+				return err
 			}
 			return flush()
 		}
@@ -235,7 +233,7 @@ func (r *runner) run(ctx context.Context) error {
 			}
 			add(outs)
 		}
-		if err := tick(); err != nil {
+		if err := release(false); err != nil {
 			return err
 		}
 		if size >= count || maxBytes > 0 && bytes >= maxBytes || !first.IsZero() && time.Since(first) >= period || len(dead) >= count {

@@ -104,18 +104,6 @@ func (a *API) workflows(w http.ResponseWriter, _ *http.Request) {
 	httpserver.WriteJSON(w, http.StatusOK, obj{"workflows": out})
 }
 
-func waitParam(r *http.Request) (time.Duration, error) {
-	s := r.URL.Query().Get("wait")
-	if s == "" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, problem.New(problem.CodeBadRequest, "wait must be a duration such as 10s, got %q", s)
-	}
-	return min(d, MaxWait), nil
-}
-
 func (a *API) body(w http.ResponseWriter, r *http.Request) (json.RawMessage, error) {
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.MaxBodyBytes))
 	if err != nil {
@@ -128,7 +116,7 @@ func (a *API) body(w http.ResponseWriter, r *http.Request) (json.RawMessage, err
 }
 
 func (a *API) start(w http.ResponseWriter, r *http.Request) {
-	wait, err := waitParam(r)
+	wait, err := httpserver.WaitParam(r, MaxWait)
 	if err != nil {
 		problem.Write(w, r, err)
 		return
@@ -173,7 +161,7 @@ func (a *API) answerAfter(w http.ResponseWriter, r *http.Request, id string, d t
 }
 
 func (a *API) get(w http.ResponseWriter, r *http.Request) {
-	wait, err := waitParam(r)
+	wait, err := httpserver.WaitParam(r, MaxWait)
 	if err != nil {
 		problem.Write(w, r, err)
 		return

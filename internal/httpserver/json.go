@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/junctionhq/junction/internal/problem"
 )
@@ -59,4 +60,19 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// WaitParam reads the query parameter wait (a duration such as 30s) of a
+// request that may wait for something to end, capped at max; 0 when
+// absent, a bad_request problem when malformed.
+func WaitParam(r *http.Request, max time.Duration) (time.Duration, error) {
+	s := r.URL.Query().Get("wait")
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, problem.New(problem.CodeBadRequest, "wait must be a duration such as 30s, got %q", s)
+	}
+	return min(d, max), nil
 }
