@@ -166,7 +166,7 @@ func (in *fileInput) Next(ctx context.Context) ([]*Record, error) {
 			var re *recordErr
 			if errors.As(err, &re) {
 				// A bad line is the record's fault: it is dead-lettered.
-				out = append(out, &Record{Fields: map[string]any{"file": path, "record": in.n, "text": re.text}, Pos: in.pos(), Err: re})
+				out = append(out, &Record{Fields: map[string]any{"file": path, "record": in.n, "text": re.text}, lazyPos: in.pos(), Err: re})
 				continue
 			}
 			return nil, fmt.Errorf("%s: record %d: %w", path, in.n, err)
@@ -174,7 +174,7 @@ func (in *fileInput) Next(ctx context.Context) ([]*Record, error) {
 		if in.n <= in.skip {
 			continue
 		}
-		out = append(out, &Record{Fields: fields, Pos: in.pos()})
+		out = append(out, &Record{Fields: fields, lazyPos: in.pos()})
 	}
 	if len(out) == 0 {
 		return nil, io.EOF
@@ -182,9 +182,14 @@ func (in *fileInput) Next(ctx context.Context) ([]*Record, error) {
 	return out, nil
 }
 
-func (in *fileInput) pos() json.RawMessage {
-	b, _ := json.Marshal(filePos{File: in.idx, Name: in.files[in.idx], Records: in.n})
-	return b
+// pos returns the encoder of the current record's position: encoding
+// every record's would cost more than reading it.
+func (in *fileInput) pos() func() json.RawMessage {
+	p := filePos{File: in.idx, Name: in.files[in.idx], Records: in.n}
+	return func() json.RawMessage {
+		b, _ := json.Marshal(p)
+		return b
+	}
 }
 
 type recordErr struct {

@@ -25,11 +25,17 @@ func compileFields(m map[string]string) ([]named, error) {
 	return out, nil
 }
 
-// filter keeps the records its condition accepts.
-type filter struct{ cond *expr.Program }
+// filter keeps the records its condition accepts. Like every
+// processor, one instance serves one run, on one goroutine: it reuses
+// its variables map.
+type filter struct {
+	cond *expr.Program
+	vars map[string]any
+}
 
-func (f filter) Process(_ context.Context, r *Record) ([]*Record, error) {
-	ok, err := f.cond.EvalBool(map[string]any{"row": r.Fields})
+func (f *filter) Process(_ context.Context, r *Record) ([]*Record, error) {
+	f.vars["row"] = r.Fields
+	ok, err := f.cond.EvalBool(f.vars)
 	if err != nil {
 		return nil, fmt.Errorf("%w: filter: %v", ErrRecord, err)
 	}
@@ -43,10 +49,12 @@ func (f filter) Process(_ context.Context, r *Record) ([]*Record, error) {
 type mapper struct {
 	fields  []named
 	replace bool
+	vars    map[string]any
 }
 
-func (m mapper) Process(_ context.Context, r *Record) ([]*Record, error) {
-	vars := map[string]any{"row": r.Fields}
+func (m *mapper) Process(_ context.Context, r *Record) ([]*Record, error) {
+	vars := m.vars
+	vars["row"] = r.Fields
 	out := make(map[string]any, len(m.fields)+len(r.Fields))
 	if !m.replace {
 		for k, v := range r.Fields {
@@ -93,7 +101,7 @@ func (s splitter) Process(_ context.Context, r *Record) ([]*Record, error) {
 		}
 		// Every part carries the position of the whole: it is done with
 		// when all are, which the batch's commit ensures.
-		out[i] = &Record{Fields: m, Pos: r.Pos}
+		out[i] = &Record{Fields: m, Pos: r.Pos, lazyPos: r.lazyPos}
 	}
 	return out, nil
 }
@@ -102,14 +110,14 @@ func compileProcessor(p *config.PipelineProcess) (Processor, error) {
 	switch p.Kind() {
 	case "filter":
 		c, err := expr.CompileBool(p.Filter)
-		return filter{c}, err
+		return &filter{cond: c, vars: map[string]any{}}, err
 	case "map", "set":
 		m := p.Map
 		if p.Set != nil {
 			m = p.Set
 		}
 		fs, err := compileFields(m)
-		return mapper{fields: fs, replace: p.Map != nil}, err
+		return &mapper{fields: fs, replace: p.Map != nil, vars: map[string]any{}}, err
 	case "remove":
 		return remover(p.Remove), nil
 	case "split":

@@ -19,7 +19,8 @@ import (
 type Record struct {
 	Fields map[string]any
 	// Pos is where the input can resume after this record (opaque to
-	// everything but the input).
+	// everything but the input); read it with Position, as an input may
+	// encode it only when asked.
 	Pos json.RawMessage
 	// Err is why the record was dead-lettered.
 	Err error
@@ -29,6 +30,17 @@ type Record struct {
 	Route int
 	// routed says Route is already global (the runner resolved it).
 	routed bool
+	// lazyPos, for an input whose positions are costly to encode, makes
+	// Pos when the runner needs it: for the last record of a batch.
+	lazyPos func() json.RawMessage
+}
+
+// Position returns the record's Pos, encoding it if it is lazy.
+func (r *Record) Position() json.RawMessage {
+	if r.Pos == nil && r.lazyPos != nil {
+		r.Pos = r.lazyPos()
+	}
+	return r.Pos
 }
 
 // Input produces records. Next returns the next records (io.EOF at the

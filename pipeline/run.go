@@ -105,7 +105,7 @@ func (r *runner) run(ctx context.Context) error {
 		size    int // records in batches
 		bytes   int
 		first   time.Time
-		pos     json.RawMessage
+		last    *Record // the last record read: its position is committed at the next flush
 	)
 	add := func(outs []*Record) {
 		for _, o := range outs {
@@ -124,7 +124,7 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 	}
-	flush := func() error {
+	flush := func(ctx context.Context) error {
 		for i, batch := range batches {
 			if len(batch) == 0 {
 				continue
@@ -146,7 +146,8 @@ func (r *runner) run(ctx context.Context) error {
 				r.c.DeadLettered += int64(len(dead))
 			}
 		}
-		if pos != nil {
+		if last != nil {
+			pos := last.Position()
 			if err := r.in.Commit(ctx, pos); err != nil {
 				return err
 			}
@@ -155,7 +156,7 @@ func (r *runner) run(ctx context.Context) error {
 					return err
 				}
 			}
-			pos = nil // committed: a flush with no new record commits nothing
+			last = nil // committed: a flush with no new record commits nothing
 		}
 		dead, size, bytes, first = dead[:0], 0, 0, time.Time{}
 		r.progress()
@@ -198,23 +199,37 @@ func (r *runner) run(ctx context.Context) error {
 		}
 		return nil
 	}
+	// stopped writes what is gathered when the run is stopped, so that
+	// a stopping node leaves no batch half done (bounded: the records
+	// are redelivered if it cannot).
+	stopped := func() error {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := flush(fctx); err != nil {
+			return errors.Join(ctx.Err(), err)
+		}
+		return ctx.Err()
+	}
 	for {
-		if err := ctx.Err(); err != nil {
-			return err
+		if ctx.Err() != nil {
+			return stopped()
 		}
 		recs, err := r.in.Next(ctx)
 		if errors.Is(err, io.EOF) {
 			if err := release(true); err != nil {
 				return err
 			}
-			return flush()
+			return flush(ctx)
 		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return stopped()
+			}
 			return err
 		}
 		for _, rec := range recs {
 			r.c.Read++
-			pos = rec.Pos
+			last = rec
 			if rec.Err != nil {
 				dead = append(dead, rec)
 				continue
@@ -237,7 +252,7 @@ func (r *runner) run(ctx context.Context) error {
 			return err
 		}
 		if size >= count || maxBytes > 0 && bytes >= maxBytes || !first.IsZero() && time.Since(first) >= period || len(dead) >= count {
-			if err := flush(); err != nil {
+			if err := flush(ctx); err != nil {
 				return err
 			}
 		}

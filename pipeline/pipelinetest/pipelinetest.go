@@ -170,7 +170,7 @@ func (r reader) read(want map[int]bool) []*pipeline.Record {
 			}
 		}
 		if r.commit && len(recs) > 0 {
-			if err := r.in.Commit(context.Background(), recs[len(recs)-1].Pos); err != nil {
+			if err := r.in.Commit(context.Background(), recs[len(recs)-1].Position()); err != nil {
 				t.Fatalf("commit: %v", err)
 			}
 		}
@@ -189,11 +189,11 @@ func (r reader) next(ctx context.Context) ([]*pipeline.Record, error) {
 		t.Errorf("Next took %v: a streaming input returns within about 500ms", d.Round(time.Millisecond))
 	}
 	for _, rec := range recs {
-		if len(rec.Pos) == 0 {
+		if len(rec.Position()) == 0 {
 			t.Fatalf("record %v has no position", rec.Fields)
 		}
-		if !json.Valid(rec.Pos) {
-			t.Fatalf("record %v: position %q is not JSON", rec.Fields, rec.Pos)
+		if !json.Valid(rec.Position()) {
+			t.Fatalf("record %v: position %q is not JSON", rec.Fields, rec.Position())
 		}
 	}
 	return recs, err
@@ -415,7 +415,7 @@ func redelivery(t *testing.T, k Kind) {
 	got := r.read(span(0, 10))
 	check(t, k, got, 0, 10)
 	ctx := context.Background()
-	pos := got[3].Pos
+	pos := got[3].Position()
 	if err := in.Commit(ctx, pos); err != nil {
 		t.Fatalf("commit: %v", err)
 	}
@@ -434,7 +434,7 @@ func redelivery(t *testing.T, k Kind) {
 		t.Fatalf("after committing record 3, a new input read %v: committed records again", ns)
 	}
 	check(t, k, got, 4, 10)
-	last := got[len(got)-1].Pos
+	last := got[len(got)-1].Position()
 	if err := in.Commit(ctx, last); err != nil {
 		t.Fatalf("commit: %v", err)
 	}
