@@ -62,3 +62,24 @@ build_tools() {
 	done
 	go build -o "$BIN/junction" ./cmd/junction
 }
+
+# prepare NAME: the scratch directory ($WORK, with $BIN), the results
+# directory ($RESULTS, made absolute; $RAW, its output.txt), PIDS, and the
+# traps that clean up; then logs the machine's section (cpu, go, commit,
+# embedded nats-server).
+prepare() {
+	WORK=$(mktemp -d "${TMPDIR:-/tmp}/junction-$1-bench.XXXXXX")
+	BIN=$WORK/bin
+	mkdir -p "$RESULTS" "$BIN"
+	RESULTS=$(cd "$RESULTS" && pwd)
+	RAW=$RESULTS/output.txt
+	: >"$RAW"
+	PIDS=()
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+	section "machine"
+	log "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
+	log "go: $(go version)"
+	log_code
+	log "nats-server: $(go list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2) (embedded)"
+}

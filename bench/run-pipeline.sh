@@ -39,21 +39,7 @@ DSN=${DSN-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}
 PROFILE=${PROFILE:-0}
 RESULTS=${RESULTS:-bench/results/pipeline-$(date -u +%Y%m%dT%H%M%SZ)}
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/junction-pipeline-bench.XXXXXX")
-BIN=$WORK/bin
-mkdir -p "$RESULTS" "$BIN"
-RESULTS=$(cd "$RESULTS" && pwd)
-RAW=$RESULTS/output.txt
-: >"$RAW"
-PIDS=()
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-section "machine"
-log "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
-log "go: $(go version)"
-log_code
-log "nats-server: $(go list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2) (embedded)"
+prepare pipeline
 log "sqlite: $(go list -m -f '{{.Path}} {{.Version}}' modernc.org/sqlite 2>/dev/null || echo unknown)"
 log "results: $RESULTS"
 

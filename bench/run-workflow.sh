@@ -40,21 +40,7 @@ PROGRESS=${PROGRESS:-10s}
 PROFILE=${PROFILE:-0}
 RESULTS=${RESULTS:-bench/results/workflow-$(date -u +%Y%m%dT%H%M%SZ)}
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/junction-workflow-bench.XXXXXX")
-BIN=$WORK/bin
-mkdir -p "$RESULTS" "$BIN"
-RESULTS=$(cd "$RESULTS" && pwd)
-RAW=$RESULTS/output.txt
-: >"$RAW"
-PIDS=()
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-section "machine"
-log "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
-log "go: $(go version)"
-log_code
-log "nats-server: $(go list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2) (embedded)"
+prepare workflow
 log "results: $RESULTS"
 
 # nullhttp beside the driver: the driver starts it as the service.
