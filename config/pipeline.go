@@ -85,11 +85,13 @@ type RabbitMQConn struct {
 	RoutingKey string `yaml:"routing_key"`
 }
 
-// MQTTConn is an MQTT topic (a filter for inputs).
+// MQTTConn is an MQTT topic (a filter for inputs). QoS is 0, 1 or 2
+// (default 1: an input acknowledges each message when its batch is
+// written; at 0 the broker does not redeliver).
 type MQTTConn struct {
 	URL   string `yaml:"url"`
 	Topic string `yaml:"topic"`
-	QoS   int    `yaml:"qos"`
+	QoS   *int   `yaml:"qos"`
 }
 
 // RedisConn is a Redis stream: read in Group as Consumer, or appended to.

@@ -132,8 +132,8 @@ func checkMQTT(m *MQTTConn, path string, input bool) []issue {
 	case input && !validMQTTFilter(m.Topic):
 		is = append(is, brokerIssue(path+".topic", "invalid topic filter %q: '#' only as the last level, '+' only as a whole level", m.Topic))
 	}
-	if m.QoS < 0 || m.QoS > 2 {
-		is = append(is, brokerIssue(path+".qos", "qos is 0, 1 or 2, not %d", m.QoS))
+	if m.QoS != nil && (*m.QoS < 0 || *m.QoS > 2) {
+		is = append(is, brokerIssue(path+".qos", "qos is 0, 1 or 2, not %d", *m.QoS))
 	}
 	return is
 }

@@ -100,7 +100,7 @@ var connectors = []connector{
 		topic := "junction/test/" + pipelinetest.Name("t")
 		t.Cleanup(func() { endMQTTSession(t, "junction-"+env.Pipeline) })
 		return env,
-			&config.PipelineInput{MQTT: &config.MQTTConn{URL: mqttURL, Topic: topic, QoS: 1}},
+			&config.PipelineInput{MQTT: &config.MQTTConn{URL: mqttURL, Topic: topic}},
 			&config.PipelineOutput{MQTT: &config.MQTTConn{URL: mqttURL, Topic: topic}}
 	}},
 	{kind: "redis", service: "Redis", addr: "127.0.0.1:6379", streaming: true, setup: func(t *testing.T) (*pipeline.Env, *config.PipelineInput, *config.PipelineOutput) {

@@ -36,10 +36,10 @@ const mqttSessionExpiry = 7 * 24 * 3600 // seconds
 
 // mqttQoS is the configured QoS, 1 when unset.
 func mqttQoS(cfg *config.MQTTConn) byte {
-	if cfg.QoS <= 0 {
+	if cfg.QoS == nil {
 		return 1
 	}
-	return byte(cfg.QoS)
+	return byte(*cfg.QoS)
 }
 
 // dialMQTT opens the network connection to the broker of an mqtt://,
