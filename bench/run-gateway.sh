@@ -14,6 +14,9 @@
 #   nginx   client -> nginx (Debian package, run in the foreground with its
 #           own config: 2 workers, upstream keepalive 64, HTTP/1.1 to the
 #           backend, access log off) -> backend
+#   proxy   client -> a bare httputil.ReverseProxy (meshload proxy: pooled
+#           copy buffers, nothing else) -> backend: the floor of any proxy
+#           built on Go's net/http, for reference
 # Each gateway is its own `junction serve` process (access_log is a
 # setting of the whole gateway) with its own data dir and free ports.
 # Results go to bench/results/gateway-<time>/ (one JSON file per run,
@@ -24,7 +27,7 @@
 #   RATE (1000), RATE_DURATION (15s), RATE_WARMUP (3s)   fixed-rate runs
 #   MAX_CONNS ("32 64"), MAX_DURATION (15s), MAX_WARMUP (2s)  max-throughput runs
 #   ROUNDS (1)        repeat everything; the tables show medians
-#   PATHS ("direct plain full nginx")
+#   PATHS ("direct plain full nginx proxy")
 #   NGINX_WORKERS (2)
 #   PROFILE (0)       1: afterwards, profile the plain and the full
 #                     gateway's code under max load (bench/cmd/busnode with
@@ -44,7 +47,7 @@ MAX_CONNS=${MAX_CONNS:-32 64}
 MAX_DURATION=${MAX_DURATION:-15s}
 MAX_WARMUP=${MAX_WARMUP:-2s}
 ROUNDS=${ROUNDS:-1}
-PATHS=${PATHS:-direct plain full nginx}
+PATHS=${PATHS:-direct plain full nginx proxy}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 NGINX_WORKERS=${NGINX_WORKERS:-2}
 PROFILE=${PROFILE:-0}
@@ -89,11 +92,12 @@ log "results: $RESULTS"
 
 build_tools
 
-read -r P_BACKEND P_NGINX P_PAPI P_PGW P_FAPI P_FGW P_PROF_API P_PROF_GW <<<"$("$BIN/meshload" ports 8)"
+read -r P_BACKEND P_NGINX P_PAPI P_PGW P_FAPI P_FGW P_PROF_API P_PROF_GW P_PROXY <<<"$("$BIN/meshload" ports 9)"
 BACKEND=http://127.0.0.1:$P_BACKEND
 NGINX_URL=http://127.0.0.1:$P_NGINX
 PLAIN=http://127.0.0.1:$P_PGW
 FULL=http://127.0.0.1:$P_FGW
+PROXY=http://127.0.0.1:$P_PROXY
 
 # The JWT secret and one token, minted before the runs (exp ten years on).
 SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -160,6 +164,8 @@ start backend "$BIN/nullhttp" -listen "127.0.0.1:$P_BACKEND" -status 200 -body h
 ready "$BACKEND/" hello
 start nginx "$NGINX" -p "$NG" -e "$NG/logs/error.log" -c "$NG/nginx.conf"
 ready "$NGINX_URL/" hello
+start proxy "$BIN/meshload" proxy -listen "127.0.0.1:$P_PROXY" -target "$BACKEND" -max 2h
+ready "$PROXY/" hello
 start plain "$BIN/junction" serve -c "$WORK/plain.yaml" --data "$WORK/data-plain"
 start full "$BIN/junction" serve -c "$WORK/full.yaml" --data "$WORK/data-full"
 ready "http://127.0.0.1:$P_PAPI/readyz"
@@ -177,6 +183,7 @@ NGINX_WORKER_PIDS=$(pgrep -P "$nginx_PID" | tr '\n' ' ')
 log "backend pid $backend_PID on $BACKEND"
 log "nginx master pid $nginx_PID, workers $NGINX_WORKER_PIDS on $NGINX_URL"
 log "plain gateway pid $plain_PID on $PLAIN (api 127.0.0.1:$P_PAPI)"
+log "reference proxy pid $proxy_PID on $PROXY"
 log "full gateway pid $full_PID on $FULL (api 127.0.0.1:$P_FAPI, access log to $WORK/full.log)"
 
 url_of() {
@@ -185,6 +192,7 @@ url_of() {
 	plain) echo "$PLAIN/hello" ;;
 	full) echo "$FULL/hello" ;;
 	nginx) echo "$NGINX_URL/hello" ;;
+	proxy) echo "$PROXY/hello" ;;
 	*)
 		echo "unknown path $1" >&2
 		exit 2
@@ -196,6 +204,7 @@ pids_of() {
 	direct) echo "backend=$backend_PID" ;;
 	plain) echo "gateway=$plain_PID,backend=$backend_PID" ;;
 	full) echo "gateway=$full_PID,backend=$backend_PID" ;;
+	proxy) echo "proxy=$proxy_PID,backend=$backend_PID" ;;
 	nginx)
 		local s="" i=1 w
 		for w in $NGINX_WORKER_PIDS; do

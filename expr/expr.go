@@ -47,8 +47,9 @@ func baseEnv() (*cel.Env, error) {
 
 // Program is a compiled expression, safe for concurrent use.
 type Program struct {
-	src string
-	prg cel.Program
+	src  string
+	prg  cel.Program
+	fast fastFn // nil when the expression is outside the fast path's subset
 }
 
 // String returns the source text.
@@ -79,14 +80,19 @@ func compile(src string, want *cel.Type) (*Program, error) {
 	// the expression's static worst case could exceed it: one without
 	// comprehensions over unknown sizes is bounded by its own size.
 	opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
+	limited := false
 	if est, err := e.EstimateCost(ast, unknownSizes{}); err != nil || est.Max > costLimit {
 		opts = append(opts, cel.CostLimit(costLimit))
+		limited = true
 	}
+	// Most expressions are small enough for plain Go to evaluate them
+	// (fast.go); it needs to know whether CEL would be counting cost.
+	fast := fastPath(ast, limited)
 	prg, err := e.Program(ast, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("invalid expression: %w", err)
 	}
-	return &Program{src: src, prg: prg}, nil
+	return &Program{src: src, prg: prg, fast: fast}, nil
 }
 
 // costLimit bounds the work of one evaluation (in CEL's cost units).
@@ -107,6 +113,13 @@ var ErrNotBool = errors.New("expression did not yield a bool")
 
 // EvalBool evaluates p with vars (missing variables are errors).
 func (p *Program) EvalBool(vars map[string]any) (bool, error) {
+	if p.fast != nil {
+		if v, ok := p.fast(vars); ok {
+			if b, ok := v.(bool); ok {
+				return b, nil
+			}
+		}
+	}
 	out, _, err := p.prg.Eval(vars)
 	if err != nil {
 		return false, fmt.Errorf("evaluating %q: %w", p.src, err)
@@ -120,6 +133,18 @@ func (p *Program) EvalBool(vars map[string]any) (bool, error) {
 // EvalString evaluates p and renders the result as text: strings as they
 // are, other values in CEL's own formatting (numbers, bools, bytes).
 func (p *Program) EvalString(vars map[string]any) (string, error) {
+	if p.fast != nil {
+		if v, ok := p.fast(vars); ok {
+			switch x := v.(type) {
+			case string:
+				return x, nil
+			case bool, int64, float64:
+				// The same text as CEL's value's Value() gives below.
+				return fmt.Sprint(x), nil
+			}
+			// null renders as CEL's NULL_VALUE: left to CEL.
+		}
+	}
 	out, _, err := p.prg.Eval(vars)
 	if err != nil {
 		return "", fmt.Errorf("evaluating %q: %w", p.src, err)
@@ -135,6 +160,11 @@ func (p *Program) EvalString(vars map[string]any) (string, error) {
 // and map[string]any (map keys rendered as text), so callers can encode it
 // as JSON or bind it to SQL without knowing CEL's types.
 func (p *Program) Eval(vars map[string]any) (any, error) {
+	if p.fast != nil {
+		if v, ok := p.fast(vars); ok {
+			return v, nil
+		}
+	}
 	out, _, err := p.prg.Eval(vars)
 	if err != nil {
 		return nil, fmt.Errorf("evaluating %q: %w", p.src, err)

@@ -33,6 +33,7 @@ import (
 	"github.com/junctionhq/junction/bus"
 	"github.com/junctionhq/junction/config"
 	"github.com/junctionhq/junction/expr"
+	"github.com/junctionhq/junction/internal/httpserver"
 	"github.com/junctionhq/junction/internal/problem"
 	"github.com/junctionhq/junction/observe"
 )
@@ -319,6 +320,7 @@ func (g *Gateway) serviceProxy(c *config.GatewayRoute, svc string) http.Handler 
 			pr.SetXForwarded()
 		},
 		Transport:     g.o.Services,
+		BufferPool:    httpserver.ProxyBuffers,
 		FlushInterval: 0, // streams (event streams, unknown lengths) are flushed at once anyway
 		ErrorLog:      slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

@@ -125,7 +125,7 @@ func (m *Mesh) newProxy() *httputil.ReverseProxy {
 			pr.Out.Header.Del(CallerHeader)
 		},
 		Transport:  m,
-		BufferPool: bufferPool{},
+		BufferPool: httpserver.ProxyBuffers,
 		ErrorLog:   slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
@@ -153,14 +153,6 @@ func pathValue(raw string) string {
 	}
 	return raw
 }
-
-// bufferPool recycles the proxy's copy buffers.
-type bufferPool struct{}
-
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
-func (bufferPool) Put(b []byte) { buffers.Put(&b) }
 
 // ServiceInfo is a service as GET /v1/services shows it.
 type ServiceInfo struct {

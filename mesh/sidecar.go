@@ -72,7 +72,7 @@ func (m *Mesh) startSidecar(ctx context.Context) (*sidecar, error) {
 			pr.SetXForwarded()
 		},
 		Transport:     m.plain,
-		BufferPool:    bufferPool{},
+		BufferPool:    httpserver.ProxyBuffers,
 		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
 		ErrorHandler:  errorHandler,
 		FlushInterval: 0, // streams (unknown length, event streams) are flushed at once anyway

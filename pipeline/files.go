@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/junctionhq/junction/config"
 )
@@ -44,23 +45,27 @@ type fileInput struct {
 	dec    *json.Decoder
 	batch  int
 	size   int64 // of every file, for progress
-	before int64 // size of the files before the current one
-	offset int64 // bytes of the current file read
+	// done counts the bytes read, of every file: atomic, as the input
+	// reads ahead of the run's progress reports.
+	done atomic.Int64
 }
+
+// readsAhead: Commit does nothing, and progress reads an atomic count.
+func (in *fileInput) readsAhead() {}
 
 type countReader struct {
 	r io.Reader
-	n *int64
+	n *atomic.Int64
 }
 
 func (c countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	*c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 
 func (in *fileInput) progress() (done, total int64, unit string) {
-	return in.before + in.offset, in.size, "bytes"
+	return in.done.Load(), in.size, "bytes"
 }
 
 // batchRecords is how many records an input hands out at a time.
@@ -98,14 +103,16 @@ func (in *fileInput) open() error {
 	if err != nil {
 		return err
 	}
-	in.f, in.closer, in.n, in.offset = f, f, 0, 0
-	in.before = 0
+	in.f, in.closer, in.n = f, f, 0
+	// The files before this one count as read in full.
+	var before int64
 	for _, p := range in.files[:in.idx] {
 		if st, err := os.Stat(p); err == nil {
-			in.before += st.Size()
+			before += st.Size()
 		}
 	}
-	var r io.Reader = countReader{f, &in.offset}
+	in.done.Store(before)
+	var r io.Reader = countReader{f, &in.done}
 	if strings.HasSuffix(path, ".gz") {
 		gz, err := gzip.NewReader(f)
 		if err != nil {
@@ -144,6 +151,8 @@ func (in *fileInput) open() error {
 
 func (in *fileInput) Next(ctx context.Context) ([]*Record, error) {
 	out := make([]*Record, 0, in.batch)
+	// One allocation for the batch's records rather than one each.
+	slab := make([]Record, in.batch)
 	for len(out) < in.batch {
 		if in.f == nil {
 			if in.idx >= len(in.files) {
@@ -166,7 +175,9 @@ func (in *fileInput) Next(ctx context.Context) ([]*Record, error) {
 			var re *recordErr
 			if errors.As(err, &re) {
 				// A bad line is the record's fault: it is dead-lettered.
-				out = append(out, &Record{Fields: map[string]any{"file": path, "record": in.n, "text": re.text}, lazyPos: in.pos(), Err: re})
+				rec := &slab[len(out)]
+				*rec = Record{Fields: map[string]any{"file": path, "record": in.n, "text": re.text}, lazy: in, at: in.at(), Err: re}
+				out = append(out, rec)
 				continue
 			}
 			return nil, fmt.Errorf("%s: record %d: %w", path, in.n, err)
@@ -174,7 +185,9 @@ func (in *fileInput) Next(ctx context.Context) ([]*Record, error) {
 		if in.n <= in.skip {
 			continue
 		}
-		out = append(out, &Record{Fields: fields, lazyPos: in.pos()})
+		rec := &slab[len(out)]
+		*rec = Record{Fields: fields, lazy: in, at: in.at()}
+		out = append(out, rec)
 	}
 	if len(out) == 0 {
 		return nil, io.EOF
@@ -182,14 +195,16 @@ func (in *fileInput) Next(ctx context.Context) ([]*Record, error) {
 	return out, nil
 }
 
-// pos returns the encoder of the current record's position: encoding
-// every record's would cost more than reading it.
-func (in *fileInput) pos() func() json.RawMessage {
-	p := filePos{File: in.idx, Name: in.files[in.idx], Records: in.n}
-	return func() json.RawMessage {
-		b, _ := json.Marshal(p)
-		return b
-	}
+// at notes the current record's position, encoded (by position) only
+// when a batch commits it: encoding every record's would cost more than
+// reading it.
+func (in *fileInput) at() [2]int64 { return [2]int64{int64(in.idx), in.n} }
+
+// position encodes a position noted by at (the file list does not change
+// during a run).
+func (in *fileInput) position(at [2]int64) json.RawMessage {
+	b, _ := json.Marshal(filePos{File: int(at[0]), Name: in.files[at[0]], Records: at[1]})
+	return b
 }
 
 type recordErr struct {

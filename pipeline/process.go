@@ -31,6 +31,7 @@ func compileFields(m map[string]string) ([]named, error) {
 type filter struct {
 	cond *expr.Program
 	vars map[string]any
+	one  [1]*Record // the answer (the runner copies it out at once)
 }
 
 func (f *filter) Process(_ context.Context, r *Record) ([]*Record, error) {
@@ -42,7 +43,8 @@ func (f *filter) Process(_ context.Context, r *Record) ([]*Record, error) {
 	if !ok {
 		return nil, nil
 	}
-	return []*Record{r}, nil
+	f.one[0] = r
+	return f.one[:], nil
 }
 
 // mapper builds a new record (replace) or adds fields to it (set).
@@ -50,12 +52,17 @@ type mapper struct {
 	fields  []named
 	replace bool
 	vars    map[string]any
+	one     [1]*Record
 }
 
 func (m *mapper) Process(_ context.Context, r *Record) ([]*Record, error) {
 	vars := m.vars
 	vars["row"] = r.Fields
-	out := make(map[string]any, len(m.fields)+len(r.Fields))
+	n := len(m.fields)
+	if !m.replace {
+		n += len(r.Fields)
+	}
+	out := make(map[string]any, n)
 	if !m.replace {
 		for k, v := range r.Fields {
 			out[k] = v
@@ -69,16 +76,21 @@ func (m *mapper) Process(_ context.Context, r *Record) ([]*Record, error) {
 		out[f.name] = v
 	}
 	r.Fields = out
-	return []*Record{r}, nil
+	m.one[0] = r
+	return m.one[:], nil
 }
 
-type remover []string
+type remover struct {
+	fields []string
+	one    [1]*Record
+}
 
-func (rm remover) Process(_ context.Context, r *Record) ([]*Record, error) {
-	for _, k := range rm {
+func (rm *remover) Process(_ context.Context, r *Record) ([]*Record, error) {
+	for _, k := range rm.fields {
 		delete(r.Fields, k)
 	}
-	return []*Record{r}, nil
+	rm.one[0] = r
+	return rm.one[:], nil
 }
 
 // splitter makes one record per element of a list.
@@ -101,7 +113,7 @@ func (s splitter) Process(_ context.Context, r *Record) ([]*Record, error) {
 		}
 		// Every part carries the position of the whole: it is done with
 		// when all are, which the batch's commit ensures.
-		out[i] = &Record{Fields: m, Pos: r.Pos, lazyPos: r.lazyPos}
+		out[i] = &Record{Fields: m, Pos: r.Pos, lazy: r.lazy, at: r.at}
 	}
 	return out, nil
 }
@@ -119,7 +131,7 @@ func compileProcessor(p *config.PipelineProcess) (Processor, error) {
 		fs, err := compileFields(m)
 		return &mapper{fields: fs, replace: p.Map != nil, vars: map[string]any{}}, err
 	case "remove":
-		return remover(p.Remove), nil
+		return &remover{fields: p.Remove}, nil
 	case "split":
 		c, err := expr.Compile(p.Split)
 		return splitter{c}, err

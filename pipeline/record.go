@@ -30,15 +30,23 @@ type Record struct {
 	Route int
 	// routed says Route is already global (the runner resolved it).
 	routed bool
-	// lazyPos, for an input whose positions are costly to encode, makes
-	// Pos when the runner needs it: for the last record of a batch.
-	lazyPos func() json.RawMessage
+	// lazy, for an input whose positions are costly to encode, makes Pos
+	// from at (the input's own note of where the record is) when the
+	// runner needs it: for the last record of a batch. An interface and
+	// two numbers rather than a closure: no allocation per record.
+	lazy positioner
+	at   [2]int64
+}
+
+// positioner encodes a position an input noted as two numbers.
+type positioner interface {
+	position(at [2]int64) json.RawMessage
 }
 
 // Position returns the record's Pos, encoding it if it is lazy.
 func (r *Record) Position() json.RawMessage {
-	if r.Pos == nil && r.lazyPos != nil {
-		r.Pos = r.lazyPos()
+	if r.Pos == nil && r.lazy != nil {
+		r.Pos = r.lazy.position(r.at)
 	}
 	return r.Pos
 }

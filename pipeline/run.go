@@ -83,6 +83,8 @@ type runner struct {
 	save   func(ctx context.Context, pos json.RawMessage, c Counters) error
 	report func(Progress)
 	start  time.Time
+	// scratch holds process's working slices between calls.
+	scratch [2][]*Record
 }
 
 // defaults of a pipeline's batch policy.
@@ -99,13 +101,22 @@ func (r *runner) run(ctx context.Context) error {
 	if period <= 0 {
 		period = defaultBatchPeriod
 	}
+	// A batch is written by the writer goroutine while the next one is
+	// read and processed, so that the input's and processors' work
+	// overlaps the output's (a database's round trips, its own CPU):
+	// one batch in flight at a time, committed in order. The input is
+	// only ever called from this goroutine, Commit included.
+	w := newBatchWriter(r)
+	defer w.stop()
+	next, stopReading := r.reader(ctx)
+	defer stopReading()
 	var (
 		batches = make([][]*Record, len(r.outs))
 		dead    []*Record
 		size    int // records in batches
 		bytes   int
 		first   time.Time
-		last    *Record // the last record read: its position is committed at the next flush
+		last    *Record // the last record read: its position is committed once its batch is written
 	)
 	add := func(outs []*Record) {
 		for _, o := range outs {
@@ -124,43 +135,28 @@ func (r *runner) run(ctx context.Context) error {
 			}
 		}
 	}
+	// flush hands what is gathered to the writer, once it has finished
+	// the batch before (whose position it then commits).
 	flush := func(ctx context.Context) error {
-		for i, batch := range batches {
-			if len(batch) == 0 {
-				continue
-			}
-			refused, err := r.write(ctx, r.outs[i], batch)
-			if err != nil {
-				return err
-			}
-			r.c.Written += int64(len(batch) - len(refused))
-			dead = append(dead, refused...)
-			batches[i] = batch[:0]
+		if err := w.wait(ctx); err != nil {
+			return err
 		}
-		if len(dead) > 0 {
-			r.c.Failed += int64(len(dead))
-			if r.dead != nil {
-				if err := r.dead.Write(ctx, dead); err != nil {
-					return fmt.Errorf("dead letter: %w", err)
-				}
-				r.c.DeadLettered += int64(len(dead))
-			}
+		if size == 0 && len(dead) == 0 && last == nil {
+			r.progress()
+			return nil
 		}
-		if last != nil {
-			pos := last.Position()
-			if err := r.in.Commit(ctx, pos); err != nil {
-				return err
-			}
-			if r.save != nil {
-				if err := r.save(ctx, pos, r.c); err != nil {
-					return err
-				}
-			}
-			last = nil // committed: a flush with no new record commits nothing
-		}
-		dead, size, bytes, first = dead[:0], 0, 0, time.Time{}
-		r.progress()
+		w.submit(ctx, writeJob{batches: batches, dead: dead, last: last, read: r.c.Read, filtered: r.c.Filtered})
+		batches, dead = make([][]*Record, len(r.outs)), nil
+		last = nil // handed over: a flush with no new record commits nothing
+		size, bytes, first = 0, 0, time.Time{}
 		return nil
+	}
+	// drain flushes and waits until everything is written and committed.
+	drain := func(ctx context.Context) error {
+		if err := flush(ctx); err != nil {
+			return err
+		}
+		return w.wait(ctx)
 	}
 	// emit runs what processor i emitted on its own through the
 	// processors after it.
@@ -205,7 +201,7 @@ func (r *runner) run(ctx context.Context) error {
 	stopped := func() error {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if err := flush(fctx); err != nil {
+		if err := drain(fctx); err != nil {
 			return errors.Join(ctx.Err(), err)
 		}
 		return ctx.Err()
@@ -214,12 +210,15 @@ func (r *runner) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return stopped()
 		}
-		recs, err := r.in.Next(ctx)
+		if err := w.poll(ctx); err != nil {
+			return err
+		}
+		recs, err := next(ctx)
 		if errors.Is(err, io.EOF) {
 			if err := release(true); err != nil {
 				return err
 			}
-			return flush(ctx)
+			return drain(ctx)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -259,6 +258,192 @@ func (r *runner) run(ctx context.Context) error {
 	}
 }
 
+// readAhead is an input whose Next may run on another goroutine than its
+// Commit and progress, and ahead of them: a file input.
+type readAhead interface {
+	readsAhead()
+}
+
+// readAheadDepth is how many Next answers may wait, read ahead.
+const readAheadDepth = 2
+
+// reader returns the function the run reads with: the input's Next, or,
+// for an input that allows it, a goroutine's that reads ahead (parsing
+// files on one core while the records before are processed on another).
+// stop ends that goroutine before the input is closed.
+func (r *runner) reader(ctx context.Context) (next func(context.Context) ([]*Record, error), stop func()) {
+	if _, ok := r.in.(readAhead); !ok {
+		return r.in.Next, func() {}
+	}
+	type answer struct {
+		recs []*Record
+		err  error
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	ch := make(chan answer, readAheadDepth)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			recs, err := r.in.Next(rctx)
+			select {
+			case ch <- answer{recs, err}:
+			case <-rctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	next = func(ctx context.Context) ([]*Record, error) {
+		select {
+		case a := <-ch:
+			return a.recs, a.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return next, func() {
+		cancel()
+		<-done
+	}
+}
+
+// writeJob is a batch handed to the writer: the records per output, the
+// dead letters, and the last record read before it (nil: nothing new to
+// commit).
+type writeJob struct {
+	ctx     context.Context
+	batches [][]*Record
+	dead    []*Record
+	last    *Record
+	// read and filtered are the counts up to last: the checkpoint saved
+	// with its position counts them, not the records read since.
+	read, filtered int64
+}
+
+// writeResult is what the writer did with a job.
+type writeResult struct {
+	written, failed, deadLettered int64
+	read, filtered                int64
+	last                          *Record
+	err                           error
+}
+
+// batchWriter writes batches on its own goroutine, one at a time.
+type batchWriter struct {
+	r        *runner
+	jobs     chan writeJob
+	results  chan writeResult
+	done     chan struct{}
+	inFlight bool
+}
+
+func newBatchWriter(r *runner) *batchWriter {
+	w := &batchWriter{r: r, jobs: make(chan writeJob), results: make(chan writeResult, 1), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for j := range w.jobs {
+			w.results <- r.writeBatch(j)
+		}
+	}()
+	return w
+}
+
+func (w *batchWriter) submit(ctx context.Context, j writeJob) {
+	j.ctx = ctx
+	w.jobs <- j
+	w.inFlight = true
+}
+
+// wait waits for the batch in flight, if any, and settles it.
+func (w *batchWriter) wait(ctx context.Context) error {
+	if !w.inFlight {
+		return nil
+	}
+	w.inFlight = false
+	return w.r.settle(ctx, <-w.results)
+}
+
+// poll settles the batch in flight if it is written, without waiting,
+// so that positions are committed as soon as they can be.
+func (w *batchWriter) poll(ctx context.Context) error {
+	if !w.inFlight {
+		return nil
+	}
+	select {
+	case res := <-w.results:
+		w.inFlight = false
+		return w.r.settle(ctx, res)
+	default:
+		return nil
+	}
+}
+
+// stop ends the writer once the batch in flight, if any, is done with
+// (its result dropped: an uncommitted batch is redelivered), so that
+// nothing writes to an output after the run returns.
+func (w *batchWriter) stop() {
+	close(w.jobs)
+	<-w.done
+}
+
+// writeBatch writes a job's batches and dead letters (on the writer's
+// goroutine: it touches no state of the runner's).
+func (r *runner) writeBatch(j writeJob) writeResult {
+	res := writeResult{last: j.last, read: j.read, filtered: j.filtered}
+	dead := j.dead
+	for i, batch := range j.batches {
+		if len(batch) == 0 {
+			continue
+		}
+		refused, err := r.write(j.ctx, r.outs[i], batch)
+		if err != nil {
+			res.err = err
+			return res
+		}
+		res.written += int64(len(batch) - len(refused))
+		dead = append(dead, refused...)
+	}
+	if len(dead) > 0 {
+		res.failed = int64(len(dead))
+		if r.dead != nil {
+			if err := r.dead.Write(j.ctx, dead); err != nil {
+				res.err = fmt.Errorf("dead letter: %w", err)
+				return res
+			}
+			res.deadLettered = int64(len(dead))
+		}
+	}
+	return res
+}
+
+// settle counts a written batch and commits its position.
+func (r *runner) settle(ctx context.Context, res writeResult) error {
+	if res.err != nil {
+		return res.err
+	}
+	r.c.Written += res.written
+	r.c.Failed += res.failed
+	r.c.DeadLettered += res.deadLettered
+	if res.last != nil {
+		pos := res.last.Position()
+		if err := r.in.Commit(ctx, pos); err != nil {
+			return err
+		}
+		if r.save != nil {
+			c := r.c
+			c.Read, c.Filtered = res.read, res.filtered
+			if err := r.save(ctx, pos, c); err != nil {
+				return err
+			}
+		}
+	}
+	r.progress()
+	return nil
+}
+
 func (r *runner) progress() {
 	if r.report == nil {
 		return
@@ -270,13 +455,17 @@ func (r *runner) progress() {
 	r.report(p)
 }
 
-// process runs a record through the processors from the i-th on.
+// process runs a record through the processors from the i-th on. The
+// slice it returns is the runner's own, valid until the next call: the
+// callers copy the records out at once, which spares two allocations
+// per record and processor.
 func (r *runner) process(ctx context.Context, rec *Record, from int) ([]*Record, error) {
-	recs := []*Record{rec}
+	cur, next := append(r.scratch[0][:0], rec), r.scratch[1]
+	defer func() { r.scratch = [2][]*Record{cur, next} }()
 	for k := from; k < len(r.procs); k++ {
 		p := r.procs[k]
-		var next []*Record
-		for _, x := range recs {
+		next = next[:0]
+		for _, x := range cur {
 			out, err := p.Process(ctx, x)
 			if err != nil {
 				return nil, err
@@ -292,11 +481,11 @@ func (r *runner) process(ctx context.Context, rec *Record, from int) ([]*Record,
 				}
 			}
 		}
-		if recs = next; len(recs) == 0 {
+		if cur, next = next, cur; len(cur) == 0 {
 			return nil, nil
 		}
 	}
-	return recs, nil
+	return cur, nil
 }
 
 // write writes a batch. When the batch fails, its records are written

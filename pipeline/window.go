@@ -80,6 +80,11 @@ type windower struct {
 	// nextEnd is at most the earliest end of an open window: the
 	// watermark must reach it for anything to close.
 	nextEnd time.Time
+	// vars and vals are Process's scratch (under mu).
+	vars map[string]any
+	vals []any
+	// targets is addFixed's scratch: the windows a record lands in.
+	targets []*window
 }
 
 type windowID struct {
@@ -176,7 +181,15 @@ func (p *windower) closed(end time.Time) bool {
 }
 
 func (p *windower) Process(_ context.Context, r *Record) ([]*Record, error) {
-	vars := map[string]any{"row": r.Fields}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// The variables and values are reused from record to record (under
+	// the lock): the window keeps copies of what it needs.
+	if p.vars == nil {
+		p.vars = map[string]any{}
+	}
+	vars := p.vars
+	vars["row"] = r.Fields
 	key := ""
 	if p.key != nil {
 		k, err := p.key.EvalString(vars)
@@ -193,8 +206,6 @@ func (p *windower) Process(_ context.Context, r *Record) ([]*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.gap > 0 {
 		err = p.addSession(key, t, vals)
 	} else {
@@ -240,7 +251,10 @@ func (p *windower) eventTime(vars map[string]any) (time.Time, error) {
 // values evaluates the aggregates' expressions over a record, checking
 // their types, so that folding them in cannot fail.
 func (p *windower) values(vars map[string]any) ([]any, error) {
-	vals := make([]any, len(p.aggs))
+	if p.vals == nil {
+		p.vals = make([]any, len(p.aggs))
+	}
+	vals := p.vals
 	for i, a := range p.aggs {
 		if a.prg == nil {
 			continue
@@ -306,7 +320,8 @@ func (p *windower) addFixed(key string, t time.Time, vals []any) error {
 	if step == 0 {
 		step = p.size
 	}
-	var targets []*window
+	targets := p.targets[:0]
+	defer func() { p.targets = targets[:0] }()
 	lateEnd := time.Time{}
 	for start := winAlign(t, step); start.Add(p.size).After(t); start = start.Add(-step) {
 		end := start.Add(p.size)

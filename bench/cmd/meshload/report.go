@@ -49,6 +49,7 @@ var benchmarks = map[string]benchmark{
 			{"plain", "gateway plain: client → junction gateway → backend"},
 			{"full", "gateway full: + JWT, rate limit, access log"},
 			{"nginx", "nginx: client → nginx → backend"},
+			{"proxy", "reference: client → bare httputil.ReverseProxy → backend"},
 		},
 		targets:    gatewayTargets,
 		pathColumn: "paths (ratio of req/s)",
