@@ -47,34 +47,44 @@ func (f *filter) Process(_ context.Context, r *Record) ([]*Record, error) {
 	return f.one[:], nil
 }
 
-// mapper builds a new record (replace) or adds fields to it (set).
+// mapper builds a new record (replace) or adds fields to it (set). It
+// evaluates every field first, so that a record it refuses keeps its
+// fields for the dead letter, then changes the record's map in place:
+// a processor owns the record it is given (remove deletes in place
+// too), and a new map per record would be most of the processor's cost.
 type mapper struct {
 	fields  []named
 	replace bool
 	vars    map[string]any
+	vals    []any
 	one     [1]*Record
 }
 
 func (m *mapper) Process(_ context.Context, r *Record) ([]*Record, error) {
 	vars := m.vars
 	vars["row"] = r.Fields
-	n := len(m.fields)
-	if !m.replace {
-		n += len(r.Fields)
+	if m.vals == nil {
+		m.vals = make([]any, len(m.fields))
 	}
-	out := make(map[string]any, n)
-	if !m.replace {
-		for k, v := range r.Fields {
-			out[k] = v
-		}
-	}
-	for _, f := range m.fields {
+	for i, f := range m.fields {
 		v, err := f.prg.Eval(vars)
 		if err != nil {
+			clear(m.vals)
 			return nil, fmt.Errorf("%w: %s: %v", ErrRecord, f.name, err)
 		}
-		out[f.name] = v
+		m.vals[i] = v
 	}
+	out := r.Fields
+	switch {
+	case out == nil:
+		out = make(map[string]any, len(m.fields))
+	case m.replace:
+		clear(out)
+	}
+	for i, f := range m.fields {
+		out[f.name] = m.vals[i]
+	}
+	clear(m.vals) // hold no values of past records
 	r.Fields = out
 	m.one[0] = r
 	return m.one[:], nil

@@ -105,10 +105,13 @@ func (r *runner) run(ctx context.Context) error {
 	// read and processed, so that the input's and processors' work
 	// overlaps the output's (a database's round trips, its own CPU):
 	// one batch in flight at a time, committed in order. The input is
-	// only ever called from this goroutine, Commit included.
+	// only ever called from this goroutine, Commit included. That holds
+	// for inputs that read ahead (files); any other waits for its batch
+	// to be committed before it reads on, as a broker may hold back
+	// further messages until the ones delivered are acknowledged.
 	w := newBatchWriter(r)
 	defer w.stop()
-	next, stopReading := r.reader(ctx)
+	next, ahead, stopReading := r.reader(ctx)
 	defer stopReading()
 	var (
 		batches = make([][]*Record, len(r.outs))
@@ -210,7 +213,11 @@ func (r *runner) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return stopped()
 		}
-		if err := w.poll(ctx); err != nil {
+		settle := w.poll
+		if !ahead {
+			settle = w.wait
+		}
+		if err := settle(ctx); err != nil {
 			return err
 		}
 		recs, err := next(ctx)
@@ -268,12 +275,12 @@ type readAhead interface {
 const readAheadDepth = 2
 
 // reader returns the function the run reads with: the input's Next, or,
-// for an input that allows it, a goroutine's that reads ahead (parsing
-// files on one core while the records before are processed on another).
-// stop ends that goroutine before the input is closed.
-func (r *runner) reader(ctx context.Context) (next func(context.Context) ([]*Record, error), stop func()) {
+// for an input that allows it (ahead), a goroutine's that reads ahead
+// (parsing files on one core while the records before are processed on
+// another). stop ends that goroutine before the input is closed.
+func (r *runner) reader(ctx context.Context) (next func(context.Context) ([]*Record, error), ahead bool, stop func()) {
 	if _, ok := r.in.(readAhead); !ok {
-		return r.in.Next, func() {}
+		return r.in.Next, false, func() {}
 	}
 	type answer struct {
 		recs []*Record
@@ -304,7 +311,7 @@ func (r *runner) reader(ctx context.Context) (next func(context.Context) ([]*Rec
 			return nil, ctx.Err()
 		}
 	}
-	return next, func() {
+	return next, true, func() {
 		cancel()
 		<-done
 	}

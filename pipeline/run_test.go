@@ -1,0 +1,157 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/junctionhq/junction/config"
+)
+
+// brokerInput hands out records as a broker does, and notes how many it
+// had handed out and not yet seen committed each time it was asked for
+// more: a broker with a bound on unacknowledged messages stalls a reader
+// that asks for more before acknowledging.
+type brokerInput struct {
+	per, total       int
+	sent, committed  int
+	uncommittedAtAsk []int
+}
+
+func (b *brokerInput) Next(context.Context) ([]*Record, error) {
+	b.uncommittedAtAsk = append(b.uncommittedAtAsk, b.sent-b.committed)
+	if b.sent >= b.total {
+		return nil, io.EOF
+	}
+	var out []*Record
+	for range b.per {
+		b.sent++
+		out = append(out, &Record{Fields: map[string]any{"n": b.sent}, Pos: json.RawMessage(strconv.Itoa(b.sent))})
+	}
+	return out, nil
+}
+
+func (b *brokerInput) Commit(_ context.Context, pos json.RawMessage) error {
+	n, err := strconv.Atoi(string(pos))
+	b.committed = n
+	return err
+}
+
+func (b *brokerInput) Close() error { return nil }
+
+// recordingOutput keeps what it is given, and can hold a write until
+// released.
+type recordingOutput struct {
+	mu      sync.Mutex
+	n       int
+	hold    chan struct{} // nil: writes at once
+	writing chan struct{} // told when a held write starts
+}
+
+func (o *recordingOutput) Write(ctx context.Context, recs []*Record) error {
+	if o.hold != nil {
+		o.writing <- struct{}{}
+		select {
+		case <-o.hold:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.n += len(recs)
+	return nil
+}
+
+func (o *recordingOutput) Close() error { return nil }
+
+// TestBrokerInputCommitsBeforeReadingOn: an input that does not read
+// ahead is asked for more only once the batch before is written and
+// committed, so that a broker bounding unacknowledged messages is never
+// left waiting for acknowledgements of records already handed out.
+func TestBrokerInputCommitsBeforeReadingOn(t *testing.T) {
+	in := &brokerInput{per: 100, total: 1000}
+	out := &recordingOutput{}
+	r := &runner{in: in, outs: []Output{out}, batch: config.PipelineBatch{Count: 100, Period: config.Duration(time.Hour)}}
+	if err := r.run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out.n != 1000 || r.c.Written != 1000 || in.committed != 1000 {
+		t.Fatalf("wrote %d (counted %d), committed %d; want 1000", out.n, r.c.Written, in.committed)
+	}
+	for i, u := range in.uncommittedAtAsk {
+		if u != 0 {
+			t.Fatalf("asked for more records with %d uncommitted (ask %d of %v)", u, i, in.uncommittedAtAsk)
+		}
+	}
+}
+
+// sliceInput is a finite input that reads ahead, as files do (so its
+// Next and Commit may run at once).
+type sliceInput struct {
+	mu sync.Mutex
+	brokerInput
+}
+
+func (*sliceInput) readsAhead() {}
+
+func (s *sliceInput) Next(ctx context.Context) ([]*Record, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.brokerInput.Next(ctx)
+}
+
+func (s *sliceInput) Commit(ctx context.Context, pos json.RawMessage) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.brokerInput.Commit(ctx, pos)
+}
+
+// TestWriteOverlapsReading: with an input that reads ahead, the next
+// batch is read and processed while one is being written, and the
+// position of a batch is committed only once it is written, in order.
+func TestWriteOverlapsReading(t *testing.T) {
+	in := &sliceInput{brokerInput: brokerInput{per: 100, total: 300}}
+	out := &recordingOutput{hold: make(chan struct{}), writing: make(chan struct{})}
+	r := &runner{in: in, outs: []Output{out}, batch: config.PipelineBatch{Count: 100, Period: config.Duration(time.Hour)}}
+	var (
+		mu      sync.Mutex
+		commits []int
+	)
+	r.save = func(_ context.Context, pos json.RawMessage, c Counters) error {
+		n, _ := strconv.Atoi(string(pos))
+		mu.Lock()
+		defer mu.Unlock()
+		commits = append(commits, n)
+		if c.Read != int64(n) {
+			return fmt.Errorf("checkpoint at %d counts %d read", n, c.Read)
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.run(context.Background()) }()
+	for i := range 3 {
+		select {
+		case <-out.writing:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("write %d never started", i+1)
+		}
+		mu.Lock()
+		if len(commits) != i {
+			t.Errorf("batch %d being written with %d batches committed", i+1, len(commits))
+		}
+		mu.Unlock()
+		out.hold <- struct{}{}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(commits) != "[100 200 300]" || out.n != 300 {
+		t.Fatalf("commits %v, wrote %d", commits, out.n)
+	}
+}
