@@ -155,3 +155,50 @@ func TestWriteOverlapsReading(t *testing.T) {
 		t.Fatalf("commits %v, wrote %d", commits, out.n)
 	}
 }
+
+// streamInput hands out its records, then waits for more that never
+// come, as a quiet stream does.
+type streamInput struct {
+	brokerInput
+	drained chan struct{} // closed once every record is handed out
+}
+
+func (s *streamInput) Next(ctx context.Context) ([]*Record, error) {
+	if s.sent < s.total {
+		return s.brokerInput.Next(ctx)
+	}
+	select {
+	case <-s.drained:
+	default:
+		close(s.drained)
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestStopFlushesGatheredBatch: a run stopped with records gathered in a
+// batch that is not full writes them and commits their position before
+// it returns, so a stopping node leaves nothing half done.
+func TestStopFlushesGatheredBatch(t *testing.T) {
+	in := &streamInput{brokerInput: brokerInput{per: 50, total: 150}, drained: make(chan struct{})}
+	out := &recordingOutput{}
+	r := &runner{in: in, outs: []Output{out}, batch: config.PipelineBatch{Count: 1000, Period: config.Duration(time.Hour)}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.run(ctx) }()
+	select {
+	case <-in.drained:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the input was never drained")
+	}
+	if out.n != 0 {
+		t.Fatalf("%d records written before the batch was full or the run stopped", out.n)
+	}
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Fatalf("run ended with %v, want context.Canceled", err)
+	}
+	if out.n != 150 || in.committed != 150 || r.c.Written != 150 {
+		t.Fatalf("after stop: wrote %d, committed %d, counted %d; want 150", out.n, in.committed, r.c.Written)
+	}
+}
