@@ -59,6 +59,12 @@ type Bus struct {
 
 	subsKV jetstream.KeyValue
 	pulls  sync.Map // subscription name -> *pullState
+	// reconciling holds a mutex per subscription name, so that the two
+	// reconciles of one change (PutSubscription's own, and the KV
+	// watch's) run one after the other: run at once, both started a
+	// dispatcher, and the one stopped handed back (NAK) what it had
+	// fetched, spending a delivery the endpoint never saw.
+	reconciling sync.Map
 
 	mu          sync.Mutex
 	dispatchers map[string]deliverer

@@ -1,8 +1,10 @@
 package bus_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strconv"
 	"strings"
@@ -347,4 +349,62 @@ func TestSpansAcrossPublishAndDelivery(t *testing.T) {
 	if got := hook.deliveries()[0].header.Get("traceparent"); got != want {
 		t.Errorf("webhook traceparent %q, want %q", got, want)
 	}
+}
+
+// recordedLog keeps the messages of a node's log.
+type recordedLog struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (l *recordedLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *recordedLog) Handle(_ context.Context, r slog.Record) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = append(l.msgs, r.Message)
+	return nil
+}
+func (l *recordedLog) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *recordedLog) WithGroup(string) slog.Handler      { return l }
+
+func (l *recordedLog) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, m := range l.msgs {
+		if m == msg {
+			n++
+		}
+	}
+	return n
+}
+
+// TestPutSubscriptionStartsOneDispatcher: a new push subscription is
+// reconciled twice on the node that creates it (by the call itself and
+// by the KV watch); the two must not both start delivery, as the one
+// then stopped hands back what it fetched and spends a delivery that
+// the endpoint never sees.
+func TestPutSubscriptionStartsOneDispatcher(t *testing.T) {
+	eachSubstrate(t, func(t *testing.T, sub testutil.Substrate) {
+		log := &recordedLog{}
+		n := testutil.Start(t, testutil.Config(t, sub), junction.WithLogger(slog.New(log)))
+		hook := newWebhook(t, nil)
+		const subs = 20
+		for i := range subs {
+			name := fmt.Sprintf("one%d", i)
+			if _, err := n.Client.PutSubscription(ctx(t), name, client.Subscription{Topic: name, Push: &client.Push{URL: hook.URL}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := n.Client.Publish(ctx(t), name, client.Event{ID: "x", Data: []byte(`{}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		testutil.Eventually(t, 15*time.Second, "every message delivered", func() bool { return hook.count() >= subs })
+		if started, stopped := log.count("push delivery started"), log.count("push delivery stopped"); started != subs || stopped != 0 {
+			t.Errorf("%d dispatchers started and %d stopped for %d new subscriptions", started, stopped, subs)
+		}
+		if got := hook.count(); got != subs {
+			t.Errorf("%d deliveries, want %d", got, subs)
+		}
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -250,6 +251,10 @@ func compile(name string, s config.Subscription) (*compiled, error) {
 // reconcile makes this node's push delivery match a KV entry.
 func (b *Bus) reconcile(e jetstream.KeyValueEntry) {
 	name := e.Key()
+	l, _ := b.reconciling.LoadOrStore(name, &sync.Mutex{})
+	mu := l.(*sync.Mutex)
+	mu.Lock()
+	defer mu.Unlock()
 	b.pulls.Delete(name)
 	if e.Operation() != jetstream.KeyValuePut {
 		b.mu.Lock()
