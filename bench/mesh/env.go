@@ -14,12 +14,12 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/junctionhq/junction/config"
+	"github.com/junctionhq/junction/internal/httpserver"
 	"github.com/junctionhq/junction/internal/pki"
 	"github.com/junctionhq/junction/internal/testutil"
 )
@@ -86,7 +86,7 @@ func Proxy(tb testing.TB, target string) string {
 		tb.Fatal(err)
 	}
 	tr := &http.Transport{Proxy: nil, MaxIdleConns: 4096, MaxIdleConnsPerHost: 512, IdleConnTimeout: 90 * time.Second}
-	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) }, Transport: tr, BufferPool: bufferPool{}}
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) }, Transport: tr, BufferPool: httpserver.ProxyBuffers}
 	srv := httptest.NewUnstartedServer(rp)
 	srv.Config.ReadHeaderTimeout = 10 * time.Second
 	srv.Config.IdleTimeout = 120 * time.Second
@@ -97,13 +97,6 @@ func Proxy(tb testing.TB, target string) string {
 	})
 	return srv.URL
 }
-
-type bufferPool struct{}
-
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
-func (bufferPool) Put(b []byte) { buffers.Put(&b) }
 
 // quiet sets what every benchmark node shares: warn logging (the nodes
 // of bench/run-mesh.sh log at warn too; testutil discards logs anyway).

@@ -8,10 +8,10 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/junctionhq/junction/bench/internal/benchhttp"
+	"github.com/junctionhq/junction/internal/httpserver"
 )
 
 // proxyCmd runs the reference point for every proxy: a bare
@@ -44,7 +44,7 @@ func proxyCmd(args []string) error {
 		Handler: &httputil.ReverseProxy{
 			Rewrite:    func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
 			Transport:  tr,
-			BufferPool: bufferPool{},
+			BufferPool: httpserver.ProxyBuffers,
 		},
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
@@ -55,10 +55,3 @@ func proxyCmd(args []string) error {
 	fmt.Fprintln(os.Stderr, "proxy stopped")
 	return nil
 }
-
-type bufferPool struct{}
-
-var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
-func (bufferPool) Put(b []byte) { buffers.Put(&b) }
