@@ -104,11 +104,11 @@ func (r *runner) run(ctx context.Context) error {
 	// A batch is written by the writer goroutine while the next one is
 	// read and processed, so that the input's and processors' work
 	// overlaps the output's (a database's round trips, its own CPU):
-	// one batch in flight at a time, committed in order. The input is
-	// only ever called from this goroutine, Commit included. That holds
-	// for inputs that read ahead (files); any other waits for its batch
-	// to be committed before it reads on, as a broker may hold back
-	// further messages until the ones delivered are acknowledged.
+	// one batch in flight at a time, committed in order, Commit always
+	// on this goroutine. An input that reads ahead (files) has its Next
+	// called on a goroutine of its own; any other is called from here,
+	// and only once its batch before is committed, as a broker may hold
+	// back further messages until the ones delivered are acknowledged.
 	w := newBatchWriter(r)
 	defer w.stop()
 	next, ahead, stopReading := r.reader(ctx)
@@ -332,9 +332,8 @@ type writeJob struct {
 
 // writeResult is what the writer did with a job.
 type writeResult struct {
+	job                           writeJob
 	written, failed, deadLettered int64
-	read, filtered                int64
-	last                          *Record
 	err                           error
 }
 
@@ -399,7 +398,7 @@ func (w *batchWriter) stop() {
 // writeBatch writes a job's batches and dead letters (on the writer's
 // goroutine: it touches no state of the runner's).
 func (r *runner) writeBatch(j writeJob) writeResult {
-	res := writeResult{last: j.last, read: j.read, filtered: j.filtered}
+	res := writeResult{job: j}
 	dead := j.dead
 	for i, batch := range j.batches {
 		if len(batch) == 0 {
@@ -434,14 +433,14 @@ func (r *runner) settle(ctx context.Context, res writeResult) error {
 	r.c.Written += res.written
 	r.c.Failed += res.failed
 	r.c.DeadLettered += res.deadLettered
-	if res.last != nil {
-		pos := res.last.Position()
+	if res.job.last != nil {
+		pos := res.job.last.Position()
 		if err := r.in.Commit(ctx, pos); err != nil {
 			return err
 		}
 		if r.save != nil {
 			c := r.c
-			c.Read, c.Filtered = res.read, res.filtered
+			c.Read, c.Filtered = res.job.read, res.job.filtered
 			if err := r.save(ctx, pos, c); err != nil {
 				return err
 			}
