@@ -154,4 +154,25 @@ type (
 	}
 	// Closer is a processor with resources to release.
 	Closer interface{ Close() error }
+	// Stateful is a processor that holds what records it absorbed (open
+	// windows) from batch to batch. Its State is taken as each batch is
+	// handed to the writer, so that it matches the position that batch
+	// commits, and saved with that position in the run's checkpoint; a
+	// resumed run Restores it. Without this, a record absorbed and then
+	// committed at its input would be lost with the node.
+	Stateful interface {
+		// State encodes the state as of the last record processed.
+		State() ([]byte, error)
+		// Restore sets the state a resumed run starts from.
+		Restore(state []byte) error
+	}
+	// Committer is a processor with an effect that must last only once
+	// the records it let through are written (a dedupe's record of the
+	// keys it has seen). Prepare is called as a batch is handed to the
+	// writer, for the records processed until then; what it returns
+	// (nil: nothing) runs once that batch is written, before its
+	// position is committed.
+	Committer interface {
+		Prepare() func(ctx context.Context) error
+	}
 )

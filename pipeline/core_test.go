@@ -212,3 +212,143 @@ pipelines:
 		t.Errorf("%d records from whole runs of 3", n)
 	}
 }
+
+// TestInterruptedWindowRunResumes: a run stopped while its windows hold
+// records resumes with those windows as they were at its last batch, so
+// the aggregates written (an upsert keyed by window) are those of one
+// uninterrupted run: none of the records absorbed before the stop is
+// lost with the node, and none is counted twice. With few keys the
+// windows' state goes inside the checkpoint; with many, it passes what a
+// checkpoint holds and goes to the state bucket.
+func TestInterruptedWindowRunResumes(t *testing.T) {
+	for _, tt := range []struct {
+		name           string
+		n, keys, perTs int // records, keys, records per second of event time
+		rate           int
+		bucket         bool // the state goes to the bucket
+	}{
+		{name: "state in the checkpoint", n: 6000, keys: 5, perTs: 10, rate: 2000},
+		{name: "state in the bucket", n: 60000, keys: 20000, perTs: 1000, rate: 30000, bucket: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			testInterruptedWindowRun(t, tt.n, tt.keys, tt.perTs, tt.rate, tt.bucket)
+		})
+	}
+}
+
+func testInterruptedWindowRun(t *testing.T, n, keys, perTs, rate int, bucket bool) {
+	e := env(t)
+	dir := t.TempDir()
+	type agg struct{ n, sum int }
+	want := map[string]*agg{} // key/minute -> aggregate
+	var b strings.Builder
+	b.WriteString("id,k,ts,v\n")
+	for i := range n {
+		ts := i / perTs
+		if i%7 == 3 && ts >= 3 {
+			ts -= 3 // out of order, within the allowed lateness
+		}
+		k := fmt.Sprintf("k%d", i%keys)
+		fmt.Fprintf(&b, "%d,%s,%d,%d\n", i, k, ts, i%11)
+		w := fmt.Sprintf("%s/%03d", k, ts/60)
+		if want[w] == nil {
+			want[w] = &agg{}
+		}
+		want[w].n++
+		want[w].sum += i % 11
+	}
+	writeFile(t, filepath.Join(dir, "events.csv"), b.String())
+	if _, err := e.DB.ExecContext(ctxT(t), `CREATE TABLE agg (key TEXT, window_start TEXT, n INTEGER, total INTEGER, PRIMARY KEY (key, window_start))`); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`
+pipelines:
+  agg:
+    input: { csv: { path: "%s/events.csv", columns: { ts: integer, v: integer } } }
+    processors:
+      - rate_limit: %d
+      - window:
+          key: row.k
+          time: timestamp(row.ts)
+          size: 1m
+          allowed_lateness: 5s
+          aggregates: { n: count, total: "sum(row.v)" }
+    batch: { count: 1000, period: 50ms }
+    output: { sql: { table: agg, mode: upsert, key: [key, window_start], columns: [key, window_start, n, total] } }
+`, dir, rate)
+	m1, err := pipeline.New(ctxT(t), pipeline.Options{Pipelines: pipelines(t, cfg), Env: e})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := m1.Start(ctxT(t), "agg", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, "half the records read", func() bool {
+		g, _ := m1.Get(ctxT(t), "agg", s.RunID)
+		return g.Read >= int64(n/2)
+	})
+	m1.Stop(ctxT(t))
+	g, _ := m1.Get(ctxT(t), "agg", s.RunID)
+	if g.Status != "interrupted" || g.Read >= int64(n) {
+		t.Fatalf("after stop: %+v", g)
+	}
+	objects := func() int {
+		obs, err := e.JS.ObjectStore(ctxT(t), "t_pipeline_state")
+		if err != nil {
+			return 0
+		}
+		l, _ := obs.List(ctxT(t))
+		return len(l)
+	}
+	if got := objects() > 0; got != bucket {
+		t.Errorf("state objects saved: %v, want %v", got, bucket)
+	}
+	m2 := manager(t, e, cfg)
+	s2, err := m2.Run(ctxT(t), "agg", nil)
+	if err != nil || s2.Status != "completed" || !s2.Resumed {
+		t.Fatalf("resumed run: %+v %v", s2, err)
+	}
+	if o := objects(); o != 0 {
+		t.Errorf("%d state objects left after the run completed", o)
+	}
+	rows, err := e.DB.QueryContext(ctxT(t), `SELECT key, window_start, n, total FROM agg`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[string]agg{}
+	for rows.Next() {
+		var k, start string
+		var a agg
+		if err := rows.Scan(&k, &start, &a.n, &a.sum); err != nil {
+			t.Fatal(err)
+		}
+		at, err := time.Parse(time.RFC3339, start)
+		if err != nil {
+			t.Fatalf("window_start %q: %v", start, err)
+		}
+		got[fmt.Sprintf("%s/%03d", k, at.Unix()/60)] = a
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d windows written, want %d", len(got), len(want))
+	}
+	bad := 0
+	for w, a := range want {
+		if got[w] != *a {
+			if bad++; bad <= 5 {
+				t.Errorf("window %s: %+v, want %+v", w, got[w], *a)
+			}
+		}
+	}
+	if bad > 5 {
+		t.Errorf("... %d windows wrong in all", bad)
+	}
+	if s2.Read != int64(n) {
+		t.Errorf("resumed counters %+v, want %d read", s2.Counters, n)
+	}
+	t.Logf("interrupted after %d records read; the resumed run completed the %d", g.Read, n)
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,19 +33,30 @@ func init() {
 // the bucket's age limit (the longest window of any dedupe, only ever
 // raised) removes old keys.
 //
-// The check and the record of a key are one step (create, or update at
-// the revision read), so that two runs of a pipeline cannot both let a
-// key through. A key is recorded when its record passes the dedupe, not
-// when the output writes it: a run that fails after the dedupe and is
-// resumed drops the records it had let through as duplicates. Keep the
-// window short against the pipeline's retry horizon, or put the dedupe
-// after processors that may refuse the records.
+// A key is recorded in the bucket only once the batch its record went
+// out in is written (Prepare, then the runner's commit), so that a run
+// stopped in between and resumed lets the record through again rather
+// than dropping it as a duplicate of itself: at least once. Until then
+// the run keeps the key in memory, so that its own duplicates are
+// dropped at once.
 type deduper struct {
 	key    *expr.Program
 	window time.Duration
 	kv     jetstream.KeyValue
 	prefix string // pipeline and expression hash, with a trailing dot
 	now    func() time.Time
+
+	mu sync.Mutex
+	// pending are the keys let through and not yet recorded in the
+	// bucket, with when they were seen; fresh, those of them not yet
+	// handed to a Prepare.
+	pending map[string]time.Time
+	fresh   []seenKey
+}
+
+type seenKey struct {
+	key string
+	at  time.Time
 }
 
 const dedupeBucketSuffix = "_pipeline_dedupe"
@@ -72,7 +84,8 @@ func newDeduper(ctx context.Context, env *Env, d *config.DedupeProcess) (*dedupe
 		pipeline = "_"
 	}
 	h := sha256.Sum256([]byte(d.Key))
-	return &deduper{key: key, window: d.Window.D(), kv: kv, prefix: pipeline + "." + hex.EncodeToString(h[:6]) + ".", now: time.Now}, nil
+	return &deduper{key: key, window: d.Window.D(), kv: kv, prefix: pipeline + "." + hex.EncodeToString(h[:6]) + ".", now: time.Now,
+		pending: map[string]time.Time{}}, nil
 }
 
 // dedupeBucket opens the bucket, creating it or raising its age limit
@@ -109,50 +122,107 @@ func (d *deduper) Process(ctx context.Context, r *Record) ([]*Record, error) {
 	}
 	h := sha256.Sum256([]byte(k))
 	key := d.prefix + hex.EncodeToString(h[:16])
-	dup, err := d.seen(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("dedupe: %w", err)
-	}
-	if dup {
+	now := d.now()
+	d.mu.Lock()
+	at, ok := d.pending[key]
+	d.mu.Unlock()
+	if ok && now.Sub(at) < d.window {
 		return nil, nil
 	}
+	if !ok {
+		dup, err := d.recorded(ctx, key, now)
+		if err != nil {
+			return nil, fmt.Errorf("dedupe: %w", err)
+		}
+		if dup {
+			return nil, nil
+		}
+	}
+	d.mu.Lock()
+	d.pending[key] = now
+	d.fresh = append(d.fresh, seenKey{key, now})
+	d.mu.Unlock()
 	return []*Record{r}, nil
 }
 
-// seen records key as seen now unless it was seen within the window,
-// and says which.
-func (d *deduper) seen(ctx context.Context, key string) (bool, error) {
+// recorded says whether the bucket holds key as seen within the window
+// before now.
+func (d *deduper) recorded(ctx context.Context, key string, now time.Time) (bool, error) {
+	e, err := d.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	first, perr := strconv.ParseInt(string(e.Value()), 10, 64)
+	return perr == nil && now.Sub(time.Unix(0, first)) < d.window, nil
+}
+
+// Prepare hands over the keys let through since the last batch: they
+// are recorded once that batch is written.
+func (d *deduper) Prepare() func(context.Context) error {
+	d.mu.Lock()
+	keys := d.fresh
+	d.fresh = nil
+	d.mu.Unlock()
+	if len(keys) == 0 {
+		return nil
+	}
+	return func(ctx context.Context) error {
+		for _, k := range keys {
+			if err := d.record(ctx, k.key, k.at); err != nil {
+				return fmt.Errorf("dedupe: %w", err)
+			}
+		}
+		d.mu.Lock()
+		for _, k := range keys {
+			// A key seen again since (after its window) stays, for
+			// its own batch.
+			if at, ok := d.pending[k.key]; ok && at.Equal(k.at) {
+				delete(d.pending, k.key)
+			}
+		}
+		d.mu.Unlock()
+		return nil
+	}
+}
+
+// record records key as first seen at now unless the bucket holds it as
+// seen within the window before (another run recorded it meanwhile).
+// The check and the write are one step (create, or update at the
+// revision read).
+func (d *deduper) record(ctx context.Context, key string, now time.Time) error {
 	for attempt := 0; ; attempt++ {
 		if attempt == 5 {
-			return false, fmt.Errorf("key %s: changed by another run at each of %d attempts", key, attempt)
+			return fmt.Errorf("key %s: changed by another run at each of %d attempts", key, attempt)
 		}
-		now := d.now()
 		val := []byte(strconv.FormatInt(now.UnixNano(), 10))
 		_, err := d.kv.Create(ctx, key, val)
 		if err == nil {
-			return false, nil
+			return nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return false, err
+			return err
 		}
 		e, err := d.kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue // expired in between: create it again
 		}
 		if err != nil {
-			return false, err
+			return err
 		}
 		first, perr := strconv.ParseInt(string(e.Value()), 10, 64)
 		if perr == nil && now.Sub(time.Unix(0, first)) < d.window {
-			return true, nil
+			return nil
 		}
 		// Seen longer ago than the window: a new first sighting.
 		_, err = d.kv.Update(ctx, key, val, e.Revision())
 		if err == nil {
-			return false, nil
+			return nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return false, err
+			return err
 		}
 		// Another run recorded it meanwhile: look again.
 	}

@@ -71,10 +71,28 @@ func TestDedupe(t *testing.T) {
 		})
 	}
 
-	t.Run("keys survive a new processor (a restart)", func(t *testing.T) {
+	t.Run("keys survive a new processor (a restart) once their batch is written", func(t *testing.T) {
 		d := newDedupe("row.id", time.Hour)
 		if out, _ := d.Process(ctx, &Record{Fields: map[string]any{"id": "restart"}}); len(out) != 1 {
 			t.Fatal("first sighting dropped")
+		}
+		commit := d.Prepare()
+		// Not written yet: a run resumed now must let the record through
+		// again, as its output never had it.
+		if out, _ := newDedupe("row.id", time.Hour).Process(ctx, &Record{Fields: map[string]any{"id": "restart"}}); len(out) != 1 {
+			t.Fatal("a record whose batch was not written was dropped by a new processor")
+		}
+		if out, _ := d.Process(ctx, &Record{Fields: map[string]any{"id": "restart"}}); len(out) != 0 {
+			t.Fatal("a duplicate passed the processor that saw it, before its commit")
+		}
+		if commit == nil || d.Prepare() != nil {
+			t.Fatal("Prepare: want the key handed over once")
+		}
+		if err := commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if out, _ := d.Process(ctx, &Record{Fields: map[string]any{"id": "restart"}}); len(out) != 0 {
+			t.Fatal("a duplicate passed the processor that saw it, after its commit")
 		}
 		again := newDedupe("row.id", time.Hour)
 		if out, _ := again.Process(ctx, &Record{Fields: map[string]any{"id": "restart"}}); len(out) != 0 {

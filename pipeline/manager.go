@@ -39,16 +39,20 @@ type Options struct {
 // Manager runs the declared pipelines: batch runs on demand, resuming
 // an interrupted one, and keeps their summaries.
 type Manager struct {
-	o    Options
-	log  *slog.Logger
-	kv   jetstream.KeyValue // checkpoints and summaries
-	met  *metrics
-	mu   sync.Mutex
-	runs map[string]*liveRun // pipeline -> its run in progress
-	node string
-	ctx  context.Context
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	o   Options
+	log *slog.Logger
+	kv  jetstream.KeyValue // checkpoints and summaries
+	// obs holds processors' state too large for a checkpoint (opened
+	// when first needed).
+	obsMu sync.Mutex
+	obs   jetstream.ObjectStore
+	met   *metrics
+	mu    sync.Mutex
+	runs  map[string]*liveRun // pipeline -> its run in progress
+	node  string
+	ctx   context.Context
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
 }
 
 type liveRun struct {
@@ -76,6 +80,11 @@ type checkpoint struct {
 	Counters Counters        `json:"counters"`
 	Node     string          `json:"node,omitempty"`
 	Beat     time.Time       `json:"beat,omitzero"`
+	// State is the Stateful processors' state as of Pos, by processor
+	// index; StateObject names the object holding it instead when it is
+	// large (see putState).
+	State       map[int][]byte `json:"state,omitempty"`
+	StateObject string         `json:"state_object,omitempty"`
 }
 
 // A running run's checkpoint is written at every batch and at least
@@ -268,8 +277,15 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 			}
 			closers = append(closers, r.dead.Close)
 		}
+		states, err := m.getState(ctx, ck)
+		if err != nil {
+			return err
+		}
+		if err := restoreStates(r.procs, states); err != nil {
+			return err
+		}
 		prev := ck.Counters
-		r.save = func(ctx context.Context, pos json.RawMessage, c Counters) error {
+		r.save = func(ctx context.Context, pos json.RawMessage, c Counters, states map[int][]byte) error {
 			m.met.add(name, prev, c)
 			prev = c
 			l.mu.Lock()
@@ -277,8 +293,19 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 			l.mu.Unlock()
 			ckMu.Lock()
 			defer ckMu.Unlock()
-			ck.Pos, ck.Counters = pos, c
-			return m.saveCheckpoint(ctx, name, ck)
+			// ck changes only once saved: the checkpoint left when a run
+			// stops is written from it, and must not pair a new position
+			// with the state of an older one.
+			next := *ck
+			next.Pos, next.Counters = pos, c
+			if err := m.putState(ctx, name, &next, states); err != nil {
+				return err
+			}
+			if err := m.saveCheckpoint(ctx, name, &next); err != nil {
+				return err
+			}
+			*ck = next
+			return nil
 		}
 		r.report = func(pr Progress) {
 			l.mu.Lock()
@@ -332,6 +359,9 @@ func (m *Manager) execute(ctx context.Context, name string, p *config.Pipeline, 
 		// A failed run is not resumed: the next run starts over.
 		if err := m.kv.Delete(bg, "ck."+name); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 			m.log.Warn("pipeline: clearing the checkpoint", "pipeline", name, "err", err)
+		}
+		if err := m.dropState(bg, name, ck); err != nil {
+			m.log.Warn("pipeline: deleting the run's state", "pipeline", name, "err", err)
 		}
 	}
 	m.log.Info("pipeline run ended", "pipeline", name, "run", final.RunID, "status", final.Status,

@@ -76,11 +76,14 @@ type runner struct {
 	outs []Output
 	// base maps a Router processor's index to the index in outs of its
 	// first output.
-	base   map[int]int
-	dead   Output // nil: dead letters are counted and dropped
-	batch  config.PipelineBatch
-	c      Counters
-	save   func(ctx context.Context, pos json.RawMessage, c Counters) error
+	base  map[int]int
+	dead  Output // nil: dead letters are counted and dropped
+	batch config.PipelineBatch
+	c     Counters
+	// save stores a checkpoint: the position to resume from, the counts
+	// up to it, and the state of the Stateful processors as of it (by
+	// processor index).
+	save   func(ctx context.Context, pos json.RawMessage, c Counters, states map[int][]byte) error
 	report func(Progress)
 	start  time.Time
 	// scratch holds process's working slices between calls.
@@ -148,7 +151,17 @@ func (r *runner) run(ctx context.Context) error {
 			r.progress()
 			return nil
 		}
-		w.submit(ctx, writeJob{batches: batches, dead: dead, last: last, read: r.c.Read, filtered: r.c.Filtered})
+		j := writeJob{batches: batches, dead: dead, last: last, read: r.c.Read, filtered: r.c.Filtered, commits: r.prepare()}
+		if last != nil {
+			// The processors' state goes with the position only: a
+			// state saved beside an older position would be replayed
+			// into a second time.
+			var err error
+			if j.states, err = r.states(); err != nil {
+				return err
+			}
+		}
+		w.submit(ctx, j)
 		batches, dead = make([][]*Record, len(r.outs)), nil
 		last = nil // handed over: a flush with no new record commits nothing
 		size, bytes, first = 0, 0, time.Time{}
@@ -232,6 +245,13 @@ func (r *runner) run(ctx context.Context) error {
 				return stopped()
 			}
 			return err
+		}
+		if len(recs) > 0 && first.IsZero() {
+			// Records read start the period too, written or not: a
+			// run whose records are all filtered or absorbed still
+			// commits them as time passes, rather than holding them
+			// unacknowledged at a broker.
+			first = time.Now()
 		}
 		for _, rec := range recs {
 			r.c.Read++
@@ -328,6 +348,11 @@ type writeJob struct {
 	// read and filtered are the counts up to last: the checkpoint saved
 	// with its position counts them, not the records read since.
 	read, filtered int64
+	// states are the Stateful processors' states as of last.
+	states map[int][]byte
+	// commits are the Committer processors' effects, to make once the
+	// batch is written.
+	commits []func(context.Context) error
 }
 
 // writeResult is what the writer did with a job.
@@ -425,6 +450,9 @@ func (r *runner) writeBatch(j writeJob) writeResult {
 	return res
 }
 
+// settleTimeout bounds a written batch's bookkeeping (see settle).
+const settleTimeout = 10 * time.Second
+
 // settle counts a written batch and commits its position.
 func (r *runner) settle(ctx context.Context, res writeResult) error {
 	if res.err != nil {
@@ -433,21 +461,65 @@ func (r *runner) settle(ctx context.Context, res writeResult) error {
 	r.c.Written += res.written
 	r.c.Failed += res.failed
 	r.c.DeadLettered += res.deadLettered
-	if res.job.last != nil {
-		pos := res.job.last.Position()
-		if err := r.in.Commit(ctx, pos); err != nil {
+	// A written batch's bookkeeping is finished even when the run is
+	// stopping: it is a few short writes, and leaving it undone would
+	// have the batch written again by the next run.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	for _, commit := range res.job.commits {
+		if err := commit(ctx); err != nil {
 			return err
 		}
+	}
+	if res.job.last != nil {
+		// The checkpoint is saved before the input forgets the records:
+		// a node lost in between has them delivered again (counted twice
+		// by a window, at least once), never not at all.
+		pos := res.job.last.Position()
 		if r.save != nil {
 			c := r.c
 			c.Read, c.Filtered = res.job.read, res.job.filtered
-			if err := r.save(ctx, pos, c); err != nil {
+			if err := r.save(ctx, pos, c, res.job.states); err != nil {
 				return err
 			}
+		}
+		if err := r.in.Commit(ctx, pos); err != nil {
+			return err
 		}
 	}
 	r.progress()
 	return nil
+}
+
+// states takes the Stateful processors' states (nil when none is).
+func (r *runner) states() (map[int][]byte, error) {
+	var st map[int][]byte
+	for i, p := range r.procs {
+		if s, ok := p.(Stateful); ok {
+			b, err := s.State()
+			if err != nil {
+				return nil, fmt.Errorf("processors[%d]: state: %w", i, err)
+			}
+			if st == nil {
+				st = map[int][]byte{}
+			}
+			st[i] = b
+		}
+	}
+	return st, nil
+}
+
+// prepare collects the Committer processors' effects for a batch.
+func (r *runner) prepare() []func(context.Context) error {
+	var fns []func(context.Context) error
+	for _, p := range r.procs {
+		if c, ok := p.(Committer); ok {
+			if fn := c.Prepare(); fn != nil {
+				fns = append(fns, fn)
+			}
+		}
+	}
+	return fns
 }
 
 func (r *runner) progress() {

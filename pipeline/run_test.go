@@ -123,7 +123,7 @@ func TestWriteOverlapsReading(t *testing.T) {
 		mu      sync.Mutex
 		commits []int
 	)
-	r.save = func(_ context.Context, pos json.RawMessage, c Counters) error {
+	r.save = func(_ context.Context, pos json.RawMessage, c Counters, _ map[int][]byte) error {
 		n, _ := strconv.Atoi(string(pos))
 		mu.Lock()
 		defer mu.Unlock()
@@ -200,5 +200,72 @@ func TestStopFlushesGatheredBatch(t *testing.T) {
 	}
 	if out.n != 150 || in.committed != 150 || r.c.Written != 150 {
 		t.Fatalf("after stop: wrote %d, committed %d, counted %d; want 150", out.n, in.committed, r.c.Written)
+	}
+}
+
+// idleInput hands out its records, then answers with none until the run
+// stops, as a broker's fetch does on a quiet stream.
+type idleInput struct {
+	brokerInput
+	mu        sync.Mutex
+	committed int
+}
+
+func (s *idleInput) Next(ctx context.Context) ([]*Record, error) {
+	if s.sent < s.total {
+		return s.brokerInput.Next(ctx)
+	}
+	select {
+	case <-time.After(5 * time.Millisecond): // a fetch's wait
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s *idleInput) Commit(_ context.Context, pos json.RawMessage) error {
+	n, err := strconv.Atoi(string(pos))
+	s.mu.Lock()
+	s.committed = n
+	s.mu.Unlock()
+	return err
+}
+
+func (s *idleInput) done() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.committed
+}
+
+type dropAll struct{}
+
+func (dropAll) Process(context.Context, *Record) ([]*Record, error) { return nil, nil }
+
+// TestFilteredRecordsCommitByPeriod: records that all end at a filter
+// (nothing to write) are still committed once the batch period passes,
+// rather than held unacknowledged at their broker for as long as the
+// stream is quiet.
+func TestFilteredRecordsCommitByPeriod(t *testing.T) {
+	in := &idleInput{brokerInput: brokerInput{per: 50, total: 150}}
+	out := &recordingOutput{}
+	r := &runner{in: in, procs: []Processor{dropAll{}}, outs: []Output{out},
+		batch: config.PipelineBatch{Count: 1000, Period: config.Duration(20 * time.Millisecond)}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for in.done() < 150 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	committed := in.done()
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Fatalf("run ended with %v, want context.Canceled", err)
+	}
+	if committed != 150 {
+		t.Fatalf("the running stream committed %d of its 150 filtered records", committed)
+	}
+	if out.n != 0 || r.c.Filtered != 150 {
+		t.Fatalf("wrote %d, filtered %d", out.n, r.c.Filtered)
 	}
 }

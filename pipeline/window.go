@@ -58,11 +58,12 @@ func init() {
 // so an idle stream holds its last windows until records move the
 // watermark on.
 //
-// Durability: open windows live in memory only. The records absorbed into
-// them are committed to the input like any other when their batch is
-// written, so if the node stops, windows that were still open are lost:
-// they are recomputed only if the input is replayed from before their
-// first record (a batch run started over), not on resume. Windows
+// Durability: open windows live in memory, and their state (State,
+// Restore) is saved with the checkpoint of each batch, as of the record
+// whose position that batch commits. A run that stops or is killed
+// resumes with the windows as they were at its last checkpoint, and the
+// input replays the records after it, so each record is counted once
+// and, with an upsert output, the result is that of one run. Windows
 // already emitted are as durable as the output.
 type windower struct {
 	key, time *expr.Program // key nil: one group
