@@ -8,6 +8,7 @@ package expr
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -107,6 +108,31 @@ func (unknownSizes) EstimateCallCost(string, string, *cost.AstNode, []cost.AstNo
 }
 func (unknownSizes) EstimateSize(cost.AstNode) *cost.SizeEstimate { return nil }
 
+// Fields is a variable's value kept in another form than a map (a
+// pipeline record as read from a CSV line, by column): the fast path
+// reads the fields it selects, and CEL, which needs a map, is given Map.
+type Fields interface {
+	Field(name string) (any, bool)
+	Map() map[string]any
+}
+
+// celVars returns vars with any Fields made a map, for CEL.
+func celVars(vars map[string]any) map[string]any {
+	var out map[string]any
+	for k, v := range vars {
+		if f, ok := v.(Fields); ok {
+			if out == nil {
+				out = maps.Clone(vars)
+			}
+			out[k] = f.Map()
+		}
+	}
+	if out == nil {
+		return vars
+	}
+	return out
+}
+
 // ErrNotBool is returned when a dynamically typed expression yields a
 // non-boolean value.
 var ErrNotBool = errors.New("expression did not yield a bool")
@@ -120,7 +146,7 @@ func (p *Program) EvalBool(vars map[string]any) (bool, error) {
 			}
 		}
 	}
-	out, _, err := p.prg.Eval(vars)
+	out, _, err := p.prg.Eval(celVars(vars))
 	if err != nil {
 		return false, fmt.Errorf("evaluating %q: %w", p.src, err)
 	}
@@ -145,7 +171,7 @@ func (p *Program) EvalString(vars map[string]any) (string, error) {
 			// null renders as CEL's NULL_VALUE: left to CEL.
 		}
 	}
-	out, _, err := p.prg.Eval(vars)
+	out, _, err := p.prg.Eval(celVars(vars))
 	if err != nil {
 		return "", fmt.Errorf("evaluating %q: %w", p.src, err)
 	}
@@ -165,7 +191,7 @@ func (p *Program) Eval(vars map[string]any) (any, error) {
 			return v, nil
 		}
 	}
-	out, _, err := p.prg.Eval(vars)
+	out, _, err := p.prg.Eval(celVars(vars))
 	if err != nil {
 		return nil, fmt.Errorf("evaluating %q: %w", p.src, err)
 	}

@@ -137,12 +137,14 @@ func (b *fastBuilder) buildSelect(s ast.SelectExpr) (fastNode, bool) {
 		b.nodes++
 		name := op.AsIdent()
 		return fastNode{fn: func(vars map[string]any) (any, bool) {
-			m, ok := vars[name].(map[string]any)
-			if !ok {
-				return nil, false
+			switch m := vars[name].(type) {
+			case map[string]any:
+				v, ok := m[field]
+				return v, ok
+			case Fields:
+				return m.Field(field)
 			}
-			v, ok := m[field]
-			return v, ok
+			return nil, false
 		}}, true
 	}
 	op, ok := b.build(s.Operand())

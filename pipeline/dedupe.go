@@ -116,7 +116,7 @@ func dedupeBucket(ctx context.Context, js jetstream.JetStream, bucket string, wi
 }
 
 func (d *deduper) Process(ctx context.Context, r *Record) ([]*Record, error) {
-	k, err := d.key.EvalString(map[string]any{"row": r.Fields})
+	k, err := d.key.EvalString(map[string]any{"row": r.vars()})
 	if err != nil {
 		return nil, fmt.Errorf("%w: dedupe: key: %v", ErrRecord, err)
 	}

@@ -103,7 +103,7 @@ func newEnricher(env *Env, e *config.EnrichProcess) (*enricher, error) {
 }
 
 func (p *enricher) Process(ctx context.Context, r *Record) ([]*Record, error) {
-	v, err := p.path.Eval(map[string]any{"row": r.Fields})
+	v, err := p.path.Eval(map[string]any{"row": r.vars()})
 	if err != nil {
 		return nil, fmt.Errorf("%w: enrich: path: %v", ErrRecord, err)
 	}
@@ -134,8 +134,9 @@ func (p *enricher) Process(ctx context.Context, r *Record) ([]*Record, error) {
 			return nil, fmt.Errorf("%w: enrich: %s answered something that is not JSON: %v", ErrRecord, target, err)
 		}
 	}
-	fields := make(map[string]any, len(r.Fields)+1)
-	for k, x := range r.Fields {
+	src := r.Map()
+	fields := make(map[string]any, len(src)+1)
+	for k, x := range src {
 		fields[k] = x
 	}
 	fields[p.into] = ans

@@ -40,11 +40,15 @@ type fileInput struct {
 	skip   int64 // records to pass over on resume
 	csv    *csv.Reader
 	header []string
+	cols   *columns // header's, for the rows of records
 	types  []string
-	lines  *bufio.Reader
-	dec    *json.Decoder
-	batch  int
-	size   int64 // of every file, for progress
+	// vals is where a CSV batch's rows take their values from: one
+	// allocation for many records.
+	vals  []any
+	lines *bufio.Reader
+	dec   *json.Decoder
+	batch int
+	size  int64 // of every file, for progress
 	// done counts the bytes read, of every file: atomic, as the input
 	// reads ahead of the run's progress reports.
 	done atomic.Int64
@@ -134,6 +138,7 @@ func (in *fileInput) open() error {
 			return fmt.Errorf("%s: header: %w", path, err)
 		}
 		in.header = append([]string(nil), h...)
+		in.cols = newColumns(in.header)
 		in.types = make([]string, len(h))
 		for i, c := range in.header {
 			in.types[i] = in.cfg.Columns[c]
@@ -162,7 +167,7 @@ func (in *fileInput) Next(ctx context.Context) ([]*Record, error) {
 				return nil, err
 			}
 		}
-		fields, err := in.read()
+		fields, vals, err := in.read(in.batch - len(out))
 		if err == io.EOF {
 			in.closer.Close()
 			in.f = nil
@@ -187,6 +192,9 @@ func (in *fileInput) Next(ctx context.Context) ([]*Record, error) {
 		}
 		rec := &slab[len(out)]
 		*rec = Record{Fields: fields, lazy: in, at: in.at()}
+		if fields == nil {
+			rec.row = row{cols: in.cols, vals: vals}
+		}
 		out = append(out, rec)
 	}
 	if len(out) == 0 {
@@ -214,53 +222,58 @@ type recordErr struct {
 func (e *recordErr) Error() string { return e.msg }
 func (e *recordErr) Unwrap() error { return ErrRecord }
 
-func (in *fileInput) read() (map[string]any, error) {
+// read reads the next record: a CSV line as the values of a row (room
+// is the most records that the batch may still take, for the values'
+// allocation), anything else as a map.
+func (in *fileInput) read(room int) (map[string]any, []any, error) {
 	switch in.kind {
 	case "csv":
-		row, err := in.csv.Read()
+		line, err := in.csv.Read()
 		if err != nil {
 			var pe *csv.ParseError
 			if errors.As(err, &pe) {
-				return nil, &recordErr{msg: pe.Error(), text: strings.Join(row, ",")}
+				return nil, nil, &recordErr{msg: pe.Error(), text: strings.Join(line, ",")}
 			}
-			return nil, err
+			return nil, nil, err
 		}
-		m := make(map[string]any, len(row))
-		for i, v := range row {
-			if i >= len(in.header) {
-				break
-			}
+		n := min(len(line), len(in.header))
+		if cap(in.vals)-len(in.vals) < n {
+			in.vals = make([]any, 0, max(n*room, n))
+		}
+		vals := in.vals[len(in.vals) : len(in.vals)+n : len(in.vals)+n]
+		for i, v := range line[:n] {
 			tv, err := typed(v, in.types[i])
 			if err != nil {
-				return nil, &recordErr{msg: fmt.Sprintf("column %s: %v", in.header[i], err), text: strings.Join(row, ",")}
+				return nil, nil, &recordErr{msg: fmt.Sprintf("column %s: %v", in.header[i], err), text: strings.Join(line, ",")}
 			}
-			m[in.header[i]] = tv
+			vals[i] = tv
 		}
-		return m, nil
+		in.vals = in.vals[:len(in.vals)+n]
+		return nil, vals, nil
 	case "jsonl":
 		for {
 			line, err := in.lines.ReadBytes('\n')
 			if len(strings.TrimSpace(string(line))) == 0 {
 				if err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 				continue
 			}
 			var m map[string]any
 			if jerr := json.Unmarshal(line, &m); jerr != nil {
-				return nil, &recordErr{msg: "not a JSON object: " + jerr.Error(), text: strings.TrimSpace(string(line))}
+				return nil, nil, &recordErr{msg: "not a JSON object: " + jerr.Error(), text: strings.TrimSpace(string(line))}
 			}
-			return m, nil
+			return m, nil, nil
 		}
 	default:
 		if !in.dec.More() {
-			return nil, io.EOF
+			return nil, nil, io.EOF
 		}
 		var m map[string]any
 		if err := in.dec.Decode(&m); err != nil {
-			return nil, err // the rest of the array cannot be read either
+			return nil, nil, err // the rest of the array cannot be read either
 		}
-		return m, nil
+		return m, nil, nil
 	}
 }
 

@@ -40,7 +40,7 @@ func FuzzFileInputs(f *testing.F) {
 				return
 			}
 			for _, r := range recs {
-				if r.Fields == nil && r.Err == nil || r.Position() == nil {
+				if r.Map() == nil && r.Err == nil || r.Position() == nil {
 					t.Fatalf("record with neither fields nor error, or no position: %+v", r)
 				}
 			}

@@ -274,7 +274,7 @@ func (o *httpOutput) Write(ctx context.Context, recs []*Record) error {
 	if o.cfg.Batch {
 		list := make([]map[string]any, len(recs))
 		for i, r := range recs {
-			list[i] = r.Fields
+			list[i] = r.Map()
 		}
 		return o.send(ctx, list)
 	}
@@ -298,7 +298,7 @@ func (o *httpOutput) Write(ctx context.Context, recs []*Record) error {
 		go func(r *Record) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := o.send(ctx, r.Fields); err != nil {
+			if err := o.send(ctx, r.Map()); err != nil {
 				mu.Lock()
 				if first == nil {
 					first = err

@@ -175,13 +175,13 @@ func newTopicOutput(env *Env, cfg *config.TopicOut) (*topicOutput, error) {
 func (o *topicOutput) Write(ctx context.Context, recs []*Record) error {
 	msgs := make([]bus.Message, 0, len(recs))
 	for _, r := range recs {
-		b, err := json.Marshal(r.Fields)
+		b, err := json.Marshal(r.Map())
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrRecord, err)
 		}
 		m := bus.Message{Type: o.typ, Data: b, DataContentType: "application/json"}
 		if o.key != nil {
-			if m.Key, err = o.key.EvalString(map[string]any{"row": r.Fields}); err != nil {
+			if m.Key, err = o.key.EvalString(map[string]any{"row": r.vars()}); err != nil {
 				return fmt.Errorf("%w: key: %v", ErrRecord, err)
 			}
 		}

@@ -40,7 +40,7 @@ func decodeMessage(b []byte) map[string]any {
 
 // encodeMessage is a record's fields as a message body: a JSON object.
 func encodeMessage(r *Record) ([]byte, error) {
-	b, err := json.Marshal(r.Fields)
+	b, err := json.Marshal(r.Map())
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrRecord, err)
 	}
@@ -246,7 +246,7 @@ func (o *kafkaOutput) Write(ctx context.Context, recs []*Record) error {
 		}
 		m := &kgo.Record{Value: b}
 		if o.key != nil {
-			k, err := o.key.EvalString(map[string]any{"row": r.Fields})
+			k, err := o.key.EvalString(map[string]any{"row": r.vars()})
 			if err != nil {
 				return fmt.Errorf("%w: kafka key: %v", ErrRecord, err)
 			}

@@ -41,7 +41,7 @@ func newSQLOutput(db *sqldb.DB, cfg *config.SQLOutput) *sqlOutput {
 
 func (o *sqlOutput) prepare(ctx context.Context, first *Record) error {
 	if o.columns == nil {
-		o.columns = sortedKeys(first.Fields)
+		o.columns = sortedKeys(first.Map())
 	}
 	ph := make([]string, len(o.columns))
 	for i := range ph {
@@ -113,7 +113,7 @@ func (o *sqlOutput) Write(ctx context.Context, recs []*Record) error {
 			return ctx.Err()
 		}
 		for i, c := range o.columns {
-			args[i] = sqlValue(r.Fields[c])
+			args[i] = sqlValue(r.Value(c))
 		}
 		if _, err := st.ExecContext(rowCtx, args...); err != nil {
 			return fmt.Errorf("%s: %w", o.cfg.Table, err)
@@ -136,6 +136,7 @@ type fileOutput struct {
 	size    int64
 	columns []string
 	seq     int
+	enc     jsonLine
 }
 
 func newFileOutput(kind string, cfg *config.FileOutput) *fileOutput {
@@ -181,7 +182,7 @@ func (o *fileOutput) Write(_ context.Context, recs []*Record) error {
 	defer o.mu.Unlock()
 	if o.f == nil {
 		if o.kind == "csv" && o.columns == nil && len(recs) > 0 {
-			o.columns = sortedKeys(recs[0].Fields)
+			o.columns = sortedKeys(recs[0].Map())
 		}
 		if err := o.open(); err != nil {
 			return err
@@ -191,17 +192,17 @@ func (o *fileOutput) Write(_ context.Context, recs []*Record) error {
 	row := make([]string, len(o.columns))
 	for _, r := range recs {
 		if o.kind == "jsonl" {
-			b, err := json.Marshal(recordJSON(r))
+			b, err := o.enc.encode(recordJSON(r))
 			if err != nil {
 				return err
 			}
-			if _, err := cw.Write(append(b, '\n')); err != nil {
+			if _, err := cw.Write(b); err != nil {
 				return err
 			}
 			continue
 		}
 		for i, c := range o.columns {
-			row[i] = text(r.Fields[c])
+			row[i] = text(r.Value(c))
 		}
 		if err := o.csv.Write(row); err != nil {
 			return err
@@ -248,11 +249,11 @@ func (o *fileOutput) rotate() error {
 
 // recordJSON is a record as a dead letter or a JSON line shows it: its
 // fields, and its error when it has one.
-func recordJSON(r *Record) any {
+func recordJSON(r *Record) map[string]any {
 	if r.Err == nil {
-		return r.Fields
+		return r.Map()
 	}
-	return map[string]any{"record": r.Fields, "error": r.Err.Error()}
+	return map[string]any{"record": r.Map(), "error": r.Err.Error()}
 }
 
 func text(v any) string {

@@ -35,7 +35,7 @@ type filter struct {
 }
 
 func (f *filter) Process(_ context.Context, r *Record) ([]*Record, error) {
-	f.vars["row"] = r.Fields
+	f.vars["row"] = r.vars()
 	ok, err := f.cond.EvalBool(f.vars)
 	if err != nil {
 		return nil, fmt.Errorf("%w: filter: %v", ErrRecord, err)
@@ -62,7 +62,7 @@ type mapper struct {
 
 func (m *mapper) Process(_ context.Context, r *Record) ([]*Record, error) {
 	vars := m.vars
-	vars["row"] = r.Fields
+	vars["row"] = r.vars()
 	if m.vals == nil {
 		m.vals = make([]any, len(m.fields))
 	}
@@ -74,18 +74,23 @@ func (m *mapper) Process(_ context.Context, r *Record) ([]*Record, error) {
 		}
 		m.vals[i] = v
 	}
+	// A map replaces the fields: the record's own map is reused, cleared
+	// (a record still in row form gets a new one); a set adds to them.
 	out := r.Fields
 	switch {
-	case out == nil:
-		out = make(map[string]any, len(m.fields))
-	case m.replace:
+	case m.replace && out != nil:
 		clear(out)
+	case !m.replace:
+		out = r.Map()
+	}
+	if out == nil {
+		out = make(map[string]any, len(m.fields))
 	}
 	for i, f := range m.fields {
 		out[f.name] = m.vals[i]
 	}
 	clear(m.vals) // hold no values of past records
-	r.Fields = out
+	r.Fields, r.row = out, row{}
 	m.one[0] = r
 	return m.one[:], nil
 }
@@ -97,7 +102,7 @@ type remover struct {
 
 func (rm *remover) Process(_ context.Context, r *Record) ([]*Record, error) {
 	for _, k := range rm.fields {
-		delete(r.Fields, k)
+		delete(r.Map(), k)
 	}
 	rm.one[0] = r
 	return rm.one[:], nil
@@ -107,7 +112,7 @@ func (rm *remover) Process(_ context.Context, r *Record) ([]*Record, error) {
 type splitter struct{ list *expr.Program }
 
 func (s splitter) Process(_ context.Context, r *Record) ([]*Record, error) {
-	v, err := s.list.Eval(map[string]any{"row": r.Fields})
+	v, err := s.list.Eval(map[string]any{"row": r.vars()})
 	if err != nil {
 		return nil, fmt.Errorf("%w: split: %v", ErrRecord, err)
 	}

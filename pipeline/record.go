@@ -17,7 +17,15 @@ import (
 
 // Record is one record: its fields, and the input's position of it.
 type Record struct {
+	// Fields are the record's fields; nil while the record is still in
+	// the row form its input made (see row): read them with Map, or one
+	// with Value.
 	Fields map[string]any
+	// row is the fields by column, as an input whose records share their
+	// names (a CSV file) hands them out: no map is made per record
+	// unless something needs the whole record. A value, not a pointer:
+	// the records of a batch are allocated together, rows included.
+	row row
 	// Pos is where the input can resume after this record (opaque to
 	// everything but the input); read it with Position, as an input may
 	// encode it only when asked.
@@ -41,6 +49,82 @@ type Record struct {
 // positioner encodes a position an input noted as two numbers.
 type positioner interface {
 	position(at [2]int64) json.RawMessage
+}
+
+// Map returns the record's fields as a map, made from its row the first
+// time (from then on, the record holds the map).
+func (r *Record) Map() map[string]any {
+	if r.Fields == nil && r.row.cols != nil {
+		r.Fields, r.row = r.row.Map(), row{}
+	}
+	return r.Fields
+}
+
+// Value returns field name (nil when absent), without making a map.
+func (r *Record) Value(name string) any {
+	if r.row.cols != nil {
+		v, _ := r.row.Field(name)
+		return v
+	}
+	return r.Fields[name]
+}
+
+// vars is what expressions see as row: the map, or the row itself (an
+// expr.Fields, read field by field).
+func (r *Record) vars() any {
+	if r.row.cols != nil {
+		return &r.row
+	}
+	return r.Fields
+}
+
+// row is a record's fields by column. cols is shared by the records of
+// one input (one file's header); vals holds at most one value per
+// column, fewer when the line was short (the missing fields are absent,
+// as in the map).
+type row struct {
+	cols *columns
+	vals []any
+}
+
+// columns are the names of a row's fields, and their index.
+type columns struct {
+	names []string
+	index map[string]int
+}
+
+func newColumns(names []string) *columns {
+	c := &columns{names: names, index: make(map[string]int, len(names))}
+	for i, n := range names {
+		c.index[n] = i // a name given twice: the last column, as in Map
+	}
+	return c
+}
+
+// Field implements expr.Fields.
+func (w *row) Field(name string) (any, bool) {
+	i, ok := w.cols.index[name]
+	if !ok {
+		return nil, false
+	}
+	if i >= len(w.vals) {
+		// A short line: the last column of that name it has, if any.
+		for i = len(w.vals) - 1; i >= 0 && w.cols.names[i] != name; i-- {
+		}
+		if i < 0 {
+			return nil, false
+		}
+	}
+	return w.vals[i], true
+}
+
+// Map implements expr.Fields.
+func (w *row) Map() map[string]any {
+	m := make(map[string]any, len(w.vals))
+	for i, v := range w.vals {
+		m[w.cols.names[i]] = v
+	}
+	return m
 }
 
 // Position returns the record's Pos, encoding it if it is lazy.

@@ -136,7 +136,7 @@ func (r *runner) run(ctx context.Context) error {
 			batches[route] = append(batches[route], o)
 			size++
 			if maxBytes > 0 {
-				b, _ := json.Marshal(o.Fields)
+				b, _ := json.Marshal(o.Map())
 				bytes += len(b)
 			}
 		}

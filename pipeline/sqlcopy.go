@@ -119,7 +119,7 @@ func (o *sqlOutput) pgCopy(ctx context.Context, recs []*Record) error {
 		for r, rec := range recs {
 			row := make([]any, len(o.columns))
 			for i, col := range o.columns {
-				v, err := o.pg.convert(i, rec.Fields[col])
+				v, err := o.pg.convert(i, rec.Value(col))
 				if err != nil {
 					return fmt.Errorf("%s.%s: %w", o.cfg.Table, col, err)
 				}
@@ -177,7 +177,7 @@ func (o *sqlOutput) multiInsert(recs []*Record) (string, []any) {
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			args = append(args, sqlValue(rec.Fields[col]))
+			args = append(args, sqlValue(rec.Value(col)))
 			if o.db.Dialect == "postgres" {
 				fmt.Fprintf(&b, "$%d", len(args))
 			} else {
@@ -226,7 +226,8 @@ func lastPerKey(recs []*Record, key []string) []*Record {
 	for i, r := range recs {
 		var b strings.Builder
 		for _, k := range key {
-			fmt.Fprintf(&b, "%T:%v\x00", r.Fields[k], r.Fields[k])
+			v := r.Value(k)
+			fmt.Fprintf(&b, "%T:%v\x00", v, v)
 		}
 		keys[i] = b.String()
 		last[keys[i]] = i

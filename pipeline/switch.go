@@ -50,7 +50,7 @@ func newSwitcher(cases []*config.SwitchRoute) (*switcher, error) {
 func (s *switcher) Outputs() []*config.PipelineOutput { return s.outs }
 
 func (s *switcher) Process(_ context.Context, r *Record) ([]*Record, error) {
-	vars := map[string]any{"row": r.Fields}
+	vars := map[string]any{"row": r.vars()}
 	for i, c := range s.conds {
 		ok, err := c.EvalBool(vars)
 		if err != nil {

@@ -51,11 +51,11 @@ func Process(ctx context.Context, env *Env, p *config.Pipeline, input []map[stri
 			if !errors.Is(err, ErrRecord) {
 				return err
 			}
-			out.Dead = append(out.Dead, DeadRecord{Record: rec.Fields, Error: err.Error()})
+			out.Dead = append(out.Dead, DeadRecord{Record: rec.Map(), Error: err.Error()})
 			return nil
 		}
 		for _, x := range recs {
-			out.Outputs[x.Route] = append(out.Outputs[x.Route], x.Fields)
+			out.Outputs[x.Route] = append(out.Outputs[x.Route], x.Map())
 		}
 		return nil
 	}

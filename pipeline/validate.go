@@ -50,7 +50,7 @@ func newValidator(v any) (*validator, error) {
 }
 
 func (p *validator) Process(_ context.Context, r *Record) ([]*Record, error) {
-	b, err := json.Marshal(r.Fields)
+	b, err := json.Marshal(r.Map())
 	if err != nil {
 		return nil, fmt.Errorf("%w: validate: the record has no JSON form: %v", ErrRecord, err)
 	}

@@ -190,7 +190,7 @@ func (p *windower) Process(_ context.Context, r *Record) ([]*Record, error) {
 		p.vars = map[string]any{}
 	}
 	vars := p.vars
-	vars["row"] = r.Fields
+	vars["row"] = r.vars()
 	key := ""
 	if p.key != nil {
 		k, err := p.key.EvalString(vars)
@@ -271,11 +271,11 @@ func (p *windower) values(vars map[string]any) ([]any, error) {
 				if !ok {
 					return nil, fmt.Errorf("%w: window: %s: %s of a %T, want a number", ErrRecord, a.field, a.fn, v)
 				}
-				v = f
+				v = asFloat(v, f)
 			}
 		case "min", "max":
 			if f, ok := winFloat(v); ok {
-				v = f
+				v = asFloat(v, f)
 			} else {
 				switch v.(type) {
 				case nil, string, time.Time:
@@ -287,6 +287,15 @@ func (p *windower) values(vars map[string]any) ([]any, error) {
 		vals[i] = v
 	}
 	return vals, nil
+}
+
+// asFloat returns v, a number, as a float64 f: v itself when it is one
+// already (boxing f again would allocate, once per record).
+func asFloat(v any, f float64) any {
+	if _, ok := v.(float64); ok {
+		return v
+	}
+	return f
 }
 
 func winFloat(v any) (float64, bool) {
@@ -322,7 +331,6 @@ func (p *windower) addFixed(key string, t time.Time, vals []any) error {
 		step = p.size
 	}
 	targets := p.targets[:0]
-	defer func() { p.targets = targets[:0] }()
 	lateEnd := time.Time{}
 	for start := winAlign(t, step); start.Add(p.size).After(t); start = start.Add(-step) {
 		end := start.Add(p.size)
@@ -342,6 +350,7 @@ func (p *windower) addFixed(key string, t time.Time, vals []any) error {
 		p.noteEnd(end)
 		targets = append(targets, w)
 	}
+	p.targets = targets[:0] // kept for the next record
 	if len(targets) == 0 {
 		return fmt.Errorf("%w: window: late record: event time %s is behind the watermark %s (its window ending %s was emitted)",
 			ErrRecord, winFormat(t), winFormat(p.watermark()), winFormat(lateEnd))

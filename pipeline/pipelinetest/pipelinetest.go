@@ -190,10 +190,10 @@ func (r reader) next(ctx context.Context) ([]*pipeline.Record, error) {
 	}
 	for _, rec := range recs {
 		if len(rec.Position()) == 0 {
-			t.Fatalf("record %v has no position", rec.Fields)
+			t.Fatalf("record %v has no position", rec.Map())
 		}
 		if !json.Valid(rec.Position()) {
-			t.Fatalf("record %v: position %q is not JSON", rec.Fields, rec.Position())
+			t.Fatalf("record %v: position %q is not JSON", rec.Map(), rec.Position())
 		}
 	}
 	return recs, err
@@ -224,7 +224,7 @@ func (r reader) drain() []*pipeline.Record {
 }
 
 func number(rec *pipeline.Record) (int, bool) {
-	switch n := rec.Fields["n"].(type) {
+	switch n := rec.Map()["n"].(type) {
 	case float64:
 		return int(n), true
 	case int64:
@@ -288,7 +288,7 @@ func check(t *testing.T, k Kind, got []*pipeline.Record, from, to int) {
 		if r == nil {
 			t.Fatalf("record %d missing: read %v", i, ns)
 		}
-		if g, w := normal(t, r.Fields), normal(t, k.Record(i)); !reflect.DeepEqual(g, w) {
+		if g, w := normal(t, r.Map()), normal(t, k.Record(i)); !reflect.DeepEqual(g, w) {
 			t.Fatalf("record %d: read\n%s\nwant\n%s", i, js(g), js(w))
 		}
 	}
